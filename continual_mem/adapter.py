@@ -1,0 +1,230 @@
+"""A task adapter: the only weights a task owns on top of the frozen backbone.
+
+Per the paper (Sandler et al., CVPR 2022) a task learns
+  * `memory`    (L, m, D): m memory tokens for each of the L blocks,
+  * `cls_token` (1, 1, D): its own class token, started from the backbone's,
+  * `head`      Linear(D, C).
+That is L*m*D + D + (D+1)*C trainable numbers. An adapter is saved as ONE safetensors file
+(tensors + string metadata); nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .errors import AdapterFormatError, BackboneMismatchError
+
+AttentionMode = Literal["reuse", "full"]
+MODES: tuple[str, ...] = ("reuse", "full")
+FORMAT_NAME = "continual-mem/adapter"
+FORMAT_VERSION = "1"
+MEMORY_INIT_STD = 0.02
+TENSOR_NAMES = ("memory", "cls_token", "head.weight", "head.bias")
+
+
+@dataclass(frozen=True)
+class BackboneIdentity:
+    """What an adapter is bound to: the timm architecture and the sha256 of its weights."""
+
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Shape and behaviour of one task adapter.
+
+    `extends` lists tasks (by name, in the order they were added) whose class tokens and memories
+    this task's class token may also attend to in reuse mode: the paper's "model extension".
+    Empty means the task is independent of every other task (concatenation).
+    """
+
+    num_classes: int
+    num_memory: int = 5
+    mode: AttentionMode = "reuse"
+    class_names: tuple[str, ...] = ()
+    extends: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.num_memory < 0:
+            raise ValueError(f"num_memory must be >= 0, got {self.num_memory}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class names given for {self.num_classes} classes"
+            )
+        if self.extends and self.mode != "reuse":
+            raise ValueError("model extension (extends) only exists in reuse mode")
+
+
+def count_task_parameters(depth: int, num_memory: int, dim: int, num_classes: int) -> int:
+    """Trainable numbers of one task: L*m*D memory + D class token + (D+1)*C head."""
+    return depth * num_memory * dim + dim + (dim + 1) * num_classes
+
+
+class TaskAdapter(nn.Module):
+    """The learnable memory, class token and head of one task."""
+
+    def __init__(
+        self,
+        config: AdapterConfig,
+        depth: int,
+        dim: int,
+        backbone: BackboneIdentity | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.depth = depth
+        self.dim = dim
+        self.backbone = backbone
+        self.memory = nn.Parameter(torch.zeros(depth, config.num_memory, dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.head = nn.Linear(dim, config.num_classes)
+        nn.init.normal_(self.memory, std=MEMORY_INIT_STD)
+        nn.init.normal_(self.head.weight, std=MEMORY_INIT_STD)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def mode(self) -> AttentionMode:
+        return self.config.mode
+
+    @property
+    def num_memory(self) -> int:
+        return self.config.num_memory
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The adapter's tensors by file name (detached, contiguous, on the CPU)."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+    def metadata(self) -> dict[str, str]:
+        """The string metadata written next to the tensors."""
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "depth": str(self.depth),
+            "dim": str(self.dim),
+            "config": json.dumps(asdict(self.config)),
+        }
+        if self.backbone is not None:
+            meta["backbone_name"] = self.backbone.name
+            meta["backbone_sha256"] = self.backbone.sha256
+        return meta
+
+    def save(self, path: str | os.PathLike[str], extra_metadata: dict[str, str] | None = None) -> Path:
+        """Write the adapter as one safetensors file (atomically: temp file, then rename)."""
+        path = Path(path)
+        meta = self.metadata()
+        meta.update(extra_metadata or {})
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            save_file(self.tensors(), str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        expect_backbone: BackboneIdentity | None = None,
+    ) -> "TaskAdapter":
+        """Read an adapter file, refusing a truncated/tampered file or one for another backbone."""
+        path = Path(path)
+        meta, tensors = _read_safetensors(path)
+        adapter = _adapter_from_metadata(path, meta)
+        _check_tensor_shapes(path, adapter, tensors)
+        if expect_backbone is not None:
+            _check_backbone(path, adapter.backbone, expect_backbone)
+        with torch.no_grad():
+            adapter.load_state_dict(tensors)
+        return adapter
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    if not path.is_file():
+        raise AdapterFormatError(f"adapter file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterFormatError(f"{path} is not a readable safetensors file ({exc})") from None
+    return meta, tensors
+
+
+def _adapter_from_metadata(path: Path, meta: dict[str, str]) -> TaskAdapter:
+    if meta.get("format") != FORMAT_NAME:
+        raise AdapterFormatError(f"{path} is not a continual-mem adapter (format={meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise AdapterFormatError(
+            f"{path} has adapter format version {meta.get('format_version')!r}; "
+            f"this code reads version {FORMAT_VERSION}"
+        )
+    try:
+        raw = json.loads(meta["config"])
+        raw["class_names"] = tuple(raw.get("class_names", ()))
+        raw["extends"] = tuple(raw.get("extends", ()))
+        config = AdapterConfig(**raw)
+        depth, dim = int(meta["depth"]), int(meta["dim"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AdapterFormatError(f"{path} has invalid adapter metadata ({exc})") from None
+    backbone = None
+    if "backbone_sha256" in meta:
+        backbone = BackboneIdentity(meta.get("backbone_name", ""), meta["backbone_sha256"])
+    return TaskAdapter(config, depth=depth, dim=dim, backbone=backbone)
+
+
+def _check_tensor_shapes(path: Path, adapter: TaskAdapter, tensors: dict[str, torch.Tensor]) -> None:
+    expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
+    if set(tensors) != set(expected):
+        raise AdapterFormatError(
+            f"{path} holds tensors {sorted(tensors)}, expected {sorted(expected)}"
+        )
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise AdapterFormatError(
+                f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                f"its metadata says {shape}"
+            )
+        if not torch.isfinite(tensors[name]).all():
+            raise AdapterFormatError(f"{path}: tensor {name!r} holds NaN or infinite values")
+
+
+def _check_backbone(path: Path, found: BackboneIdentity | None, expected: BackboneIdentity) -> None:
+    if found is None:
+        raise BackboneMismatchError(f"{path} does not say which backbone it was trained on")
+    if found.sha256 != expected.sha256:
+        raise BackboneMismatchError(
+            f"{path} was trained on backbone {found.name} (weights sha256 {found.sha256[:12]}), "
+            f"not on {expected.name} (weights sha256 {expected.sha256[:12]})"
+        )
+
+
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    return tuple(str(i) for i in range(num_classes))
+
+
+__all__ = [
+    "AdapterConfig",
+    "AttentionMode",
+    "BackboneIdentity",
+    "TaskAdapter",
+    "count_task_parameters",
+    "default_class_names",
+]

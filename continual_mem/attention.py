@@ -1,0 +1,130 @@
+"""Per-block math of memory-augmented attention on a timm ViT `Block`.
+
+Shapes: B batch, N backbone tokens (class, registers, patches), T task class tokens, H heads,
+Dh head width, D = H*Dh, M memory tokens (all tasks of a pass, concatenated).
+
+Memory tokens go through the block's `norm1` and its K/V projection and are never queries; they are
+dropped after the attention, so they never reach the residual stream, the MLP or the next block.
+The backbone-token math mirrors timm's `Attention.forward` op for op so that a reuse pass
+reproduces the frozen model bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Attention, Block
+from torch import Tensor
+
+
+def split_qkv(attn: Attention, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v of normalised tokens h (B, N, D), each (B, H, N, Dh), with q/k norms applied."""
+    B, N, _ = h.shape
+    qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    return attn.q_norm(q), attn.k_norm(k), v
+
+
+def memory_kv(block: Block, memory: Tensor) -> tuple[Tensor, Tensor]:
+    """Keys and values of one block's memory tokens (m, D): each (H, m, Dh).
+
+    They depend on the memory and the frozen block only, never on the input image, so inference
+    computes them once per task.
+    """
+    _, k, v = split_qkv(block.attn, block.norm1(memory.unsqueeze(0)))
+    return k[0], v[0]
+
+
+def attend(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Softmax attention exactly as timm computes it (fused or manual, per `attn.fused_attn`)."""
+    if attn.fused_attn:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    q = q * attn.scale
+    scores = q @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
+def project(attn: Attention, out: Tensor, h: Tensor) -> Tensor:
+    """Merge heads (B, H, N, Dh) -> (B, N, D), then timm's scale-norm, gate and output projection."""
+    B, _, N, _ = out.shape
+    x = attn.norm(out.transpose(1, 2).reshape(B, N, attn.attn_dim))
+    if attn.gate is not None:
+        x = x * attn.gate(h).sigmoid()
+    return attn.proj_drop(attn.proj(x))
+
+
+def residual_and_mlp(block: Block, x: Tensor, attn_out: Tensor) -> Tensor:
+    """The rest of a pre-norm block after its attention: residual, layer scale, MLP."""
+    x = x + block.drop_path1(block.ls1(attn_out))
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def block_forward(block: Block, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The frozen block on backbone tokens; also returns their keys and values for task tokens."""
+    h = block.norm1(x)
+    q, k, v = split_qkv(block.attn, h)
+    out = project(block.attn, attend(block.attn, q, k, v), h)
+    return residual_and_mlp(block, x, out), k, v
+
+
+def block_forward_with_memory(
+    block: Block, x: Tensor, mem_k: Tensor, mem_v: Tensor, mem_mask: Tensor | None = None
+) -> Tensor:
+    """Full mode: every token also attends to per-sample memory keys/values (B, H, m, Dh).
+
+    `mem_mask` (B, m) marks real memory slots when tasks of one batch have different memory sizes.
+    """
+    h = block.norm1(x)
+    q, k, v = split_qkv(block.attn, h)
+    mask = None
+    if mem_k.shape[2] > 0:
+        k = torch.cat([k, mem_k], dim=2)
+        v = torch.cat([v, mem_v], dim=2)
+        if mem_mask is not None:
+            keep_tokens = mem_mask.new_ones(x.shape[0], x.shape[1])
+            mask = torch.cat([keep_tokens, mem_mask], dim=1)[:, None, None, :]
+    out = project(block.attn, attend(block.attn, q, k, v, mask), h)
+    return residual_and_mlp(block, x, out)
+
+
+def task_token_attention(
+    attn: Attention,
+    q: Tensor,
+    tok_k: Tensor,
+    tok_v: Tensor,
+    bb_k: Tensor,
+    bb_v: Tensor,
+    mem_k: Tensor,
+    mem_v: Tensor,
+    visible: Tensor,
+) -> Tensor:
+    """Reuse mode: task class tokens q (B, H, T, Dh) attend to [backbone ; task tokens ; memory].
+
+    Backbone keys bb_k (B, H, N, Dh) are shared by all tasks; task-token keys tok_k (B, H, T, Dh);
+    memory keys mem_k (H, M, Dh) do not depend on the input. `visible` (T, N + T + M) says what
+    each task sees: every backbone token, itself and its own memory, and with model extension
+    also the tasks it extends. One fused attention call (the key copy is cheaper than the
+    strided batched matmuls a manual softmax over the three blocks would need).
+    """
+    B = q.shape[0]
+    k = torch.cat([bb_k, tok_k, mem_k.expand(B, -1, -1, -1)], dim=2)
+    v = torch.cat([bb_v, tok_v, mem_v.expand(B, -1, -1, -1)], dim=2)
+    return attend(attn, q, k, v, visible)
+
+
+def task_block_forward(
+    block: Block,
+    z: Tensor,
+    bb_k: Tensor,
+    bb_v: Tensor,
+    mem_k: Tensor,
+    mem_v: Tensor,
+    visible: Tensor,
+) -> Tensor:
+    """One block for the task class tokens z (B, T, D) over the backbone's keys/values."""
+    h = block.norm1(z)
+    q, k, v = split_qkv(block.attn, h)
+    out = task_token_attention(block.attn, q, k, v, bb_k, bb_v, mem_k, mem_v, visible)
+    return residual_and_mlp(block, z, project(block.attn, out, h))

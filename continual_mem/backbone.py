@@ -1,0 +1,123 @@
+"""Build, check and fingerprint the frozen timm backbone."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
+
+from .adapter import BackboneIdentity
+from .errors import BackboneLoadError, UnsupportedBackboneError
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
+
+
+def architecture_name(model: torch.nn.Module) -> str:
+    """The timm architecture name of a model built by `timm.create_model`, else its class name."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture") or type(model).__name__)
+
+
+def check_supported(model: torch.nn.Module, name: str | None = None) -> VisionTransformer:
+    """Refuse, with the reason, any model the memory method cannot be applied to exactly."""
+    name = name or architecture_name(model)
+    if not isinstance(model, VisionTransformer):
+        raise UnsupportedBackboneError(
+            f"{name}: {type(model).__name__} is not a timm VisionTransformer"
+        )
+    if getattr(model, "dist_token", None) is not None:
+        raise UnsupportedBackboneError(f"{name}: distillation tokens are not supported")
+    if model.cls_token is None:
+        raise UnsupportedBackboneError(
+            f"{name}: the model has no class token (global pool {model.global_pool!r}); "
+            "memory tokens need one class token per task"
+        )
+    if model.global_pool != "token" or model.attn_pool is not None:
+        raise UnsupportedBackboneError(
+            f"{name}: the head pools with {model.global_pool!r}, not the class token"
+        )
+    for i, blk in enumerate(model.blocks):
+        if type(blk) is not Block or type(blk.attn) is not Attention:
+            raise UnsupportedBackboneError(
+                f"{name}: block {i} is {type(blk).__name__}/{type(getattr(blk, 'attn', None)).__name__}; "
+                "only timm's pre-norm Block with standard Attention is supported"
+            )
+    return model
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of the state dict (names, dtypes, shapes and bytes, sorted by name)."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def identity_of(model: torch.nn.Module, name: str | None = None) -> BackboneIdentity:
+    return BackboneIdentity(name or architecture_name(model), fingerprint(model))
+
+
+def backbone_config(model: VisionTransformer) -> dict[str, Any]:
+    """The numbers that describe a ViT backbone (stored next to it, shown to users)."""
+    patch = model.patch_embed.patch_size
+    img = model.patch_embed.img_size
+    return {
+        "img_size": int(img[0]) if img is not None else None,
+        "patch_size": int(patch[0]),
+        "in_chans": int(model.patch_embed.proj.in_channels),
+        "depth": len(model.blocks),
+        "embed_dim": int(model.embed_dim),
+        "num_heads": int(model.blocks[0].attn.num_heads),
+        "reg_tokens": int(model.num_reg_tokens),
+        "num_classes": int(model.num_classes),
+    }
+
+
+def create_backbone(
+    model_name: str,
+    weights: str | os.PathLike[str] | None = None,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> VisionTransformer:
+    """A timm ViT, with hub weights (`pretrained=True`) or a local weight file, checked supported.
+
+    Local files go through timm's own pretrained loader (`pretrained_cfg_overlay=dict(file=...)`),
+    which filters the checkpoint: a head of another size is dropped and position embeddings are
+    resampled. `.pth` files are read with `weights_only=True` (no pickled code runs).
+    """
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise BackboneLoadError(f"weights file {path} does not exist")
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise BackboneLoadError(
+                f"weights file {path} has suffix {path.suffix!r}; expected one of {WEIGHT_SUFFIXES}"
+            )
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        pretrained = True
+    try:
+        model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise BackboneLoadError(f"timm has no model named {model_name!r}") from None
+        raise BackboneLoadError(f"cannot load {model_name} weights: {_first_line(exc)}") from None
+    except Exception as exc:  # hub offline, unreadable file, shape clash: one line for the user
+        if weights is None and not pretrained:
+            raise
+        source = weights if weights is not None else "the model hub"
+        raise BackboneLoadError(
+            f"cannot load {model_name} weights from {source}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    return check_supported(model, model_name)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,298 @@
+"""Labelled image sources and the transform to a backbone's input.
+
+Sources (strings, as the CLI takes them):
+  * a directory: one sub-folder per class (torchvision ImageFolder conventions);
+  * `builtin:digits[?classes=5,6]`: scikit-learn's real 8x8 handwritten digits (1,797 images);
+  * `builtin:synthetic[?classes=..&n=..&seed=..]`: GENERATED dot-counting images (class = number of
+    dots and their layout), made to be hard for a frozen backbone's head alone;
+  * `builtin:shapes[?n=..&seed=..]`: GENERATED geometric shapes, the pretraining data of the
+    project's demo backbone; disjoint from every downstream source above.
+All sources give float images in [0, 1], (N, C, H, W), before the backbone's own transform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import ContinualMemError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+SYNTHETIC_SIZE = 32
+SHAPE_NAMES = ("disk", "square", "triangle", "cross", "ring", "hbar", "vbar", "diagonal")
+
+
+class DataError(ContinualMemError):
+    """A data source that cannot be read: missing, empty, unreadable images."""
+
+
+@dataclass
+class LabeledImages:
+    """Images (N, C, H, W) float in [0, 1], labels (N,) and the class names labels index into."""
+
+    images: Tensor
+    labels: Tensor
+    class_names: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: Tensor | Sequence[int]) -> "LabeledImages":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return LabeledImages(self.images[index], self.labels[index], self.class_names, self.source)
+
+    def fingerprint(self) -> str:
+        """sha256 of the images, labels and class names: which data a version was trained on."""
+        digest = hashlib.sha256()
+        digest.update("\n".join(self.class_names).encode())
+        digest.update(self.labels.numpy().tobytes())
+        digest.update((self.images * 255).round().to(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+
+def load_source(spec: str, skip_bad: bool = False) -> LabeledImages:
+    """Read a data source given as a directory path or a `builtin:` name with query options."""
+    if spec.startswith("builtin:"):
+        return _load_builtin(spec)
+    return load_image_folder(Path(spec), skip_bad=skip_bad)
+
+
+def _load_builtin(spec: str) -> LabeledImages:
+    name, _, query = spec[len("builtin:"):].partition("?")
+    options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    builders = {"digits": _digits_from_options, "synthetic": _synthetic_from_options, "shapes": _shapes_from_options}
+    if name not in builders:
+        raise DataError(f"unknown built-in data set {name!r} (known: {', '.join(sorted(builders))})")
+    try:
+        data = builders[name](options)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"bad options in {spec!r}: {exc}") from None
+    data.source = spec
+    return data
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(p) for p in text.split(",") if p.strip()]
+
+
+def _digits_from_options(options: dict[str, str]) -> LabeledImages:
+    unknown = set(options) - {"classes"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}")
+    classes = _int_list(options["classes"]) if "classes" in options else None
+    return digits(classes)
+
+
+def _synthetic_from_options(options: dict[str, str]) -> LabeledImages:
+    unknown = set(options) - {"classes", "n", "seed"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}")
+    classes = _int_list(options["classes"]) if "classes" in options else None
+    return synthetic(classes, n_per_class=int(options.get("n", 150)), seed=int(options.get("seed", 0)))
+
+
+def _shapes_from_options(options: dict[str, str]) -> LabeledImages:
+    unknown = set(options) - {"n", "seed"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}")
+    return shapes(n_per_class=int(options.get("n", 600)), seed=int(options.get("seed", 0)))
+
+
+def _select_classes(data: LabeledImages, classes: Sequence[int] | None) -> LabeledImages:
+    """Keep the given class ids (in that order), relabelled 0..k-1."""
+    if classes is None:
+        return data
+    n = len(data.class_names)
+    bad = [c for c in classes if not 0 <= c < n]
+    if bad or len(set(classes)) != len(classes) or not classes:
+        raise ValueError(f"classes must be distinct ids in 0..{n - 1}, got {list(classes)}")
+    remap = torch.full((n,), -1, dtype=torch.long)
+    remap[torch.tensor(classes)] = torch.arange(len(classes))
+    keep = (remap[data.labels] >= 0).nonzero(as_tuple=True)[0]
+    return LabeledImages(
+        data.images[keep], remap[data.labels[keep]], [data.class_names[c] for c in classes], data.source
+    )
+
+
+def digits(classes: Sequence[int] | None = None) -> LabeledImages:
+    """scikit-learn's handwritten digits: real 8x8 images with 17 grey levels, as (N, 1, 8, 8)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    data = LabeledImages(images, torch.tensor(bunch.target, dtype=torch.long), [str(i) for i in range(10)], "builtin:digits")
+    return _select_classes(data, classes)
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    return yy, xx
+
+
+def _draw_shape(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One shape of random position, scale and thickness on a black square, values in [0, 1]."""
+    yy, xx = _grid(size)
+    r = rng.uniform(0.18, 0.32) * size
+    cy, cx = rng.uniform(r, size - r, size=2)
+    dy, dx = yy - cy, xx - cx
+    t = max(1.0, rng.uniform(0.06, 0.12) * size)
+    masks = {
+        "disk": lambda: dy**2 + dx**2 <= r**2,
+        "square": lambda: (np.abs(dy) <= r * 0.8) & (np.abs(dx) <= r * 0.8),
+        "triangle": lambda: (dy <= r * 0.7) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6),
+        "cross": lambda: ((np.abs(dy) <= t / 2) | (np.abs(dx) <= t / 2)) & (np.abs(dy) <= r) & (np.abs(dx) <= r),
+        "ring": lambda: np.abs(np.sqrt(dy**2 + dx**2) - r * 0.8) <= t / 2,
+        "hbar": lambda: (np.abs(dy) <= t / 2) & (np.abs(dx) <= r * 1.2),
+        "vbar": lambda: (np.abs(dx) <= t / 2) & (np.abs(dy) <= r * 1.2),
+        "diagonal": lambda: (np.abs(dy - dx) <= t / 1.4) & (np.abs(dx) <= r),
+    }
+    return masks[kind]().astype(np.float32) * rng.uniform(0.6, 1.0)
+
+
+def _finish(canvas: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:
+    canvas = canvas + rng.normal(0.0, noise, size=canvas.shape).astype(np.float32)
+    return np.clip(canvas, 0.0, 1.0)
+
+
+def shapes(n_per_class: int = 600, seed: int = 0, size: int = SYNTHETIC_SIZE) -> LabeledImages:
+    """GENERATED pretraining data: 8 classes of single geometric shapes, randomly placed and scaled."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label, kind in enumerate(SHAPE_NAMES):
+        for _ in range(n_per_class):
+            images.append(_finish(_draw_shape(kind, size, rng), rng, 0.08))
+            labels.append(label)
+    return LabeledImages(
+        torch.from_numpy(np.stack(images)).unsqueeze(1), torch.tensor(labels), list(SHAPE_NAMES), "builtin:shapes"
+    )
+
+
+SYNTHETIC_CLASSES = tuple(f"{n}-dots-{layout}" for n in range(1, 6) for layout in ("row", "column"))
+
+
+def _dots(count: int, layout: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` small blobs spread along a jittered row or column, among faint distractor strokes."""
+    yy, xx = _grid(size)
+    canvas = np.zeros((size, size), np.float32)
+    along = np.sort(rng.choice(np.arange(3, size - 3, 5), size=count, replace=False)).astype(np.float32)
+    across = rng.uniform(6, size - 6) + rng.normal(0, 1.5, size=count)
+    for a, c in zip(along, across):
+        cy, cx = (c, a) if layout == "row" else (a, c)
+        radius = rng.uniform(1.2, 2.2)
+        canvas = np.maximum(canvas, ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2) * rng.uniform(0.6, 1.0))
+    for _ in range(rng.integers(1, 3)):
+        canvas = np.maximum(canvas, 0.35 * _draw_shape(str(rng.choice(["hbar", "vbar", "diagonal"])), size, rng))
+    return canvas
+
+
+def synthetic(
+    classes: Sequence[int] | None = None, n_per_class: int = 150, seed: int = 0, size: int = SYNTHETIC_SIZE
+) -> LabeledImages:
+    """GENERATED downstream data: 10 classes = 1..5 dots laid out as a row or a column."""
+    rng = np.random.default_rng(seed + 1_000_003)
+    images, labels = [], []
+    for label, name in enumerate(SYNTHETIC_CLASSES):
+        count, layout = int(name.split("-")[0]), name.rsplit("-", 1)[1]
+        for _ in range(n_per_class):
+            images.append(_finish(_dots(count, layout, size, rng), rng, 0.1))
+            labels.append(label)
+    data = LabeledImages(
+        torch.from_numpy(np.stack(images)).unsqueeze(1), torch.tensor(labels), list(SYNTHETIC_CLASSES), "builtin:synthetic"
+    )
+    return _select_classes(data, classes)
+
+
+def load_image_folder(root: Path, skip_bad: bool = False) -> LabeledImages:
+    """A folder with one sub-folder per class; grayscale/RGBA images become RGB.
+
+    Unreadable images are refused with their paths, or skipped with `skip_bad`.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not root.exists():
+        raise DataError(f"data directory {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"data source {root} is not a directory")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"data directory {root} has no class sub-folders")
+    arrays, labels, bad = [], [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"class folder {class_dir} holds no images")
+        for path in files:
+            try:
+                with Image.open(path) as img:
+                    arrays.append(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
+                    labels.append(label)
+            except (UnidentifiedImageError, OSError, ValueError):
+                bad.append(str(path))
+    if bad and not skip_bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise DataError(f"{len(bad)} unreadable image(s): {shown} (use --skip-bad to skip them)")
+    if not arrays:
+        raise DataError(f"data directory {root} holds no readable images")
+    images = [_resize_chw(torch.from_numpy(a).permute(2, 0, 1), max(a.shape[:2])) for a in arrays]
+    side = max(i.shape[-1] for i in images)
+    stacked = torch.stack([_resize_chw(i, side) for i in images])
+    return LabeledImages(stacked, torch.tensor(labels), [p.name for p in class_dirs], str(root))
+
+
+def _resize_chw(image: Tensor, side: int) -> Tensor:
+    if image.shape[-2:] == (side, side):
+        return image
+    return F.interpolate(image.unsqueeze(0), size=(side, side), mode="bilinear", align_corners=False)[0]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a backbone expects: image side, channels and normalisation (timm's data config)."""
+
+    img_size: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_backbone(cls, backbone: torch.nn.Module) -> "InputSpec":
+        from timm.data import resolve_data_config
+
+        cfg = resolve_data_config({}, model=backbone)
+        height = backbone.patch_embed.img_size[0]  # the built size, which kwargs may have changed
+        chans = int(backbone.patch_embed.proj.in_channels)
+        return cls(int(height), chans, tuple(cfg["mean"])[:chans], tuple(cfg["std"])[:chans])
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """(N, C, H, W) in [0, 1] -> resized, channel-matched, normalised model input."""
+        if images.shape[-1] != self.img_size or images.shape[-2] != self.img_size:
+            images = F.interpolate(images, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        if images.shape[1] != self.in_chans:
+            images = images.mean(dim=1, keepdim=True).expand(-1, self.in_chans, -1, -1)
+        mean = images.new_tensor(self.mean).view(1, -1, 1, 1)
+        std = images.new_tensor(self.std).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+
+def split_train_val(data: LabeledImages, val_fraction: float, seed: int) -> tuple[LabeledImages, LabeledImages]:
+    """A stratified, seeded train/validation split."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"validation split must be in [0, 1), got {val_fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = [], []
+    for label in range(len(data.class_names)):
+        rows = (data.labels == label).nonzero(as_tuple=True)[0]
+        rows = rows[torch.randperm(len(rows), generator=gen)]
+        n_val = int(round(len(rows) * val_fraction))
+        val_idx.append(rows[:n_val])
+        train_idx.append(rows[n_val:])
+    return data.subset(torch.cat(train_idx)), data.subset(torch.cat(val_idx))

@@ -1,0 +1,315 @@
+"""Class-split scenarios as Avalanche benchmarks (`nc_benchmark` over tensor data sets).
+
+Every scenario splits a labelled image set by classes into experiences, in a fixed class order,
+after a seeded stratified train/test split. Images are turned into the backbone's input once
+(`InputSpec`: resize, channels, normalisation), so the Avalanche data sets hold model input.
+
+Protocols:
+  * `task`: experience k has task label k and class ids 0..C_k-1 (the task label is given at test);
+  * `class`: every experience has task label 0 and class ids are global, numbered 0..N-1 in order
+    of appearance (experience k holds the next C_k ids); the task is never given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from continual_mem.data import InputSpec, LabeledImages, digits, load_image_folder, split_train_val, synthetic
+from continual_mem.errors import ContinualMemError
+
+from . import quiet_avalanche
+
+Protocol = Literal["task", "class"]
+PROTOCOLS: tuple[Protocol, ...] = ("task", "class")
+
+#: Seeds that fix a scenario (class order and train/test split) independently of the run seed.
+ORDER_SEED = 0
+SPLIT_SEED = 0
+TEST_FRACTION = 0.3
+TORCHVISION_SETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
+
+
+class ScenarioError(ContinualMemError):
+    """A scenario that cannot be built: unknown name, bad class order, missing data."""
+
+
+@dataclass
+class Scenario:
+    """One benchmark, with what is needed to read its results.
+
+    `experience_classes[k]` lists the ORIGINAL class ids of experience k (indices into
+    `class_names`); the benchmark's own ids follow the protocol (see the module docstring).
+    """
+
+    name: str
+    protocol: Protocol
+    benchmark: object  # avalanche NCScenario (kept untyped so this module imports Avalanche lazily)
+    class_names: list[str]
+    experience_classes: list[list[int]]
+    source: str
+    train_size: int
+    test_size: int
+    details: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def n_experiences(self) -> int:
+        return len(self.experience_classes)
+
+    @property
+    def class_order(self) -> list[int]:
+        return [c for classes in self.experience_classes for c in classes]
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready facts of the scenario, stored with every run."""
+        return {
+            "scenario": self.name,
+            "protocol": self.protocol,
+            "source": self.source,
+            "experiences": [[self.class_names[c] for c in cs] for cs in self.experience_classes],
+            "train_size": self.train_size,
+            "test_size": self.test_size,
+            **self.details,
+        }
+
+
+def seeded_order(num_classes: int, seed: int = ORDER_SEED) -> list[int]:
+    """A random class order that depends on `seed` only."""
+    return torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def parse_class_order(text: str | None) -> list[int] | None:
+    """`"3,1,4"` -> [3, 1, 4]; None or empty -> None (the scenario's default order)."""
+    if not text:
+        return None
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ScenarioError(f"class order must be comma-separated class ids, got {text!r}") from None
+
+
+def _check_order(order: Sequence[int], num_classes: int) -> list[int]:
+    order = list(order)
+    if sorted(order) != list(range(num_classes)):
+        raise ScenarioError(
+            f"class order must name each of the {num_classes} classes once, got {order}"
+        )
+    return order
+
+
+def _experience_classes(order: list[int], n_experiences: int) -> list[list[int]]:
+    if not 1 <= n_experiences <= len(order):
+        raise ScenarioError(f"cannot split {len(order)} classes into {n_experiences} experiences")
+    if len(order) % n_experiences:
+        raise ScenarioError(
+            f"{len(order)} classes do not split evenly into {n_experiences} experiences"
+        )
+    size = len(order) // n_experiences
+    return [order[i * size : (i + 1) * size] for i in range(n_experiences)]
+
+
+def _limit_per_class(data: LabeledImages, limit: int | None, seed: int) -> LabeledImages:
+    """At most `limit` images per class (seeded choice); used by quick runs and large sets."""
+    if limit is None:
+        return data
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for label in range(len(data.class_names)):
+        rows = (data.labels == label).nonzero(as_tuple=True)[0]
+        keep.append(rows[torch.randperm(len(rows), generator=gen)[:limit]])
+    return data.subset(torch.cat(keep).sort().values)
+
+
+def from_labeled_images(
+    name: str,
+    train: LabeledImages,
+    test: LabeledImages,
+    input_spec: InputSpec,
+    protocol: Protocol,
+    n_experiences: int,
+    class_order: Sequence[int] | None = None,
+    details: dict[str, object] | None = None,
+) -> Scenario:
+    """Split train/test images by classes into an Avalanche benchmark of the given protocol."""
+    quiet_avalanche()
+    from avalanche.benchmarks import nc_benchmark
+    from torch.utils.data import TensorDataset
+
+    if protocol not in PROTOCOLS:
+        raise ScenarioError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    num_classes = len(train.class_names)
+    order = _check_order(class_order if class_order is not None else seeded_order(num_classes), num_classes)
+    experiences = _experience_classes(order, n_experiences)
+    benchmark = nc_benchmark(
+        TensorDataset(_model_input(train.images, input_spec), train.labels),
+        TensorDataset(_model_input(test.images, input_spec), test.labels),
+        n_experiences=n_experiences,
+        task_labels=protocol == "task",
+        shuffle=False,
+        fixed_class_order=order,
+        class_ids_from_zero_in_each_exp=protocol == "task",
+        class_ids_from_zero_from_first_exp=protocol == "class",
+    )
+    return Scenario(
+        name=name,
+        protocol=protocol,
+        benchmark=benchmark,
+        class_names=list(train.class_names),
+        experience_classes=experiences,
+        source=train.source,
+        train_size=len(train),
+        test_size=len(test),
+        details=dict(details or {}),
+    )
+
+
+def _model_input(images: Tensor, input_spec: InputSpec, chunk: int = 2048) -> Tensor:
+    """The backbone's input for every image, computed in chunks to bound peak memory."""
+    return torch.cat([input_spec(images[i : i + chunk]) for i in range(0, len(images), chunk)])
+
+
+def _split(data: LabeledImages, limit: int | None) -> tuple[LabeledImages, LabeledImages]:
+    train, test = split_train_val(data, TEST_FRACTION, SPLIT_SEED)
+    test_limit = None if limit is None else max(1, round(limit * TEST_FRACTION / (1 - TEST_FRACTION)))
+    return _limit_per_class(train, limit, SPLIT_SEED), _limit_per_class(test, test_limit, SPLIT_SEED)
+
+
+def split_digits(
+    input_spec: InputSpec,
+    protocol: Protocol = "task",
+    class_order: Sequence[int] | None = None,
+    n_experiences: int = 5,
+    limit_per_class: int | None = None,
+) -> Scenario:
+    """scikit-learn's real 8x8 digits, 10 classes in 5 experiences of 2 (seeded class order)."""
+    train, test = _split(digits(), limit_per_class)
+    return from_labeled_images(
+        "split-digits", train, test, input_spec, protocol, n_experiences, class_order,
+        {"test_fraction": TEST_FRACTION, "split_seed": SPLIT_SEED, "limit_per_class": limit_per_class},
+    )
+
+
+def split_synthetic(
+    input_spec: InputSpec,
+    protocol: Protocol = "task",
+    class_order: Sequence[int] | None = None,
+    n_experiences: int = 5,
+    limit_per_class: int | None = None,
+    n_per_class: int = 150,
+) -> Scenario:
+    """GENERATED dot-counting images (1..5 dots as a row or a column), 10 classes in 5 tasks.
+
+    The default order pairs classes that differ in one attribute only, count or layout, so every
+    task needs a fine distinction the pretraining shapes never asked for (head-only stays far
+    from 100%).
+    """
+    data = synthetic(n_per_class=n_per_class)
+    order = list(class_order) if class_order is not None else SYNTHETIC_ORDER
+    train, test = _split(data, limit_per_class)
+    return from_labeled_images(
+        "synthetic", train, test, input_spec, protocol, n_experiences, order,
+        {"test_fraction": TEST_FRACTION, "split_seed": SPLIT_SEED, "limit_per_class": limit_per_class,
+         "n_per_class": n_per_class},
+    )
+
+
+#: synthetic's class ids are 2*(dots-1) + (0 row, 1 column). Tasks: 4 vs 5 dots in a row, 3 dots in a
+#: row vs a column, 1 vs 2 dots (row), 4 vs 5 dots in a column, 1 vs 2 dots (column). One dot has no
+#: layout, so "1 row" and "1 column" are never asked apart within a task.
+SYNTHETIC_ORDER = [6, 8, 4, 5, 0, 2, 7, 9, 1, 3]
+
+
+def split_image_folder(
+    root: Path,
+    input_spec: InputSpec,
+    protocol: Protocol = "task",
+    class_order: Sequence[int] | None = None,
+    n_experiences: int = 5,
+    limit_per_class: int | None = None,
+) -> Scenario:
+    """Any folder of class sub-folders, split by classes (seeded order unless given)."""
+    data = load_image_folder(root)
+    train, test = _split(data, limit_per_class)
+    return from_labeled_images(
+        f"folder:{root}", train, test, input_spec, protocol, n_experiences, class_order,
+        {"test_fraction": TEST_FRACTION, "split_seed": SPLIT_SEED, "limit_per_class": limit_per_class},
+    )
+
+
+def _torchvision_images(name: str, root: Path, train: bool, download: bool) -> LabeledImages:
+    import torchvision
+
+    if name not in TORCHVISION_SETS:
+        raise ScenarioError(f"torchvision set must be one of {TORCHVISION_SETS}, got {name!r}")
+    try:
+        ds = getattr(torchvision.datasets, name)(str(root), train=train, download=download)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. You can use download=True"
+        hint = "" if download else " (pass --download to fetch it)"
+        raise ScenarioError(f"{name} not found under {root}{hint}: {exc}") from None
+    images = torch.as_tensor(ds.data)
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    return LabeledImages(
+        images.float() / 255.0, torch.as_tensor(ds.targets, dtype=torch.long), list(ds.classes), f"torchvision:{name}"
+    )
+
+
+def split_torchvision(
+    name: str,
+    root: Path,
+    input_spec: InputSpec,
+    protocol: Protocol = "task",
+    class_order: Sequence[int] | None = None,
+    n_experiences: int = 10,
+    limit_per_class: int | None = None,
+    download: bool = False,
+) -> Scenario:
+    """A torchvision set already on disk under `root` (downloaded only with `download=True`).
+
+    Uses the set's own train/test split; `limit_per_class` caps training images per class (and
+    test images in proportion).
+    """
+    train = _torchvision_images(name, root, True, download)
+    test = _torchvision_images(name, root, False, download)
+    test_limit = None if limit_per_class is None else max(1, round(limit_per_class * TEST_FRACTION / (1 - TEST_FRACTION)))
+    train = _limit_per_class(train, limit_per_class, SPLIT_SEED)
+    test = _limit_per_class(test, test_limit, SPLIT_SEED)
+    return from_labeled_images(
+        f"torchvision:{name}", train, test, input_spec, protocol, n_experiences, class_order,
+        {"root": str(root), "limit_per_class": limit_per_class},
+    )
+
+
+SCENARIO_HELP = (
+    "split-digits | synthetic | folder:PATH | torchvision:NAME[:ROOT] "
+    f"(NAME one of {', '.join(TORCHVISION_SETS)}; ROOT defaults to ./data)"
+)
+
+
+def build_scenario(
+    name: str,
+    input_spec: InputSpec,
+    protocol: Protocol = "task",
+    class_order: Sequence[int] | None = None,
+    n_experiences: int | None = None,
+    limit_per_class: int | None = None,
+    download: bool = False,
+) -> Scenario:
+    """A scenario by name (see `SCENARIO_HELP`)."""
+    common = dict(input_spec=input_spec, protocol=protocol, class_order=class_order, limit_per_class=limit_per_class)
+    if name == "split-digits":
+        return split_digits(n_experiences=n_experiences or 5, **common)
+    if name == "synthetic":
+        return split_synthetic(n_experiences=n_experiences or 5, **common)
+    if name.startswith("folder:"):
+        return split_image_folder(Path(name[len("folder:"):]), n_experiences=n_experiences or 5, **common)
+    if name.startswith("torchvision:"):
+        set_name, _, root = name[len("torchvision:"):].partition(":")
+        return split_torchvision(
+            set_name, Path(root or "data"), n_experiences=n_experiences or 10, download=download, **common
+        )
+    raise ScenarioError(f"unknown scenario {name!r}; expected {SCENARIO_HELP}")

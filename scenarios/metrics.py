@@ -1,0 +1,261 @@
+"""Metrics and shared plugins: Avalanche's EvaluationPlugin plus what it does not measure.
+
+Formulas, with R[i][j] the test accuracy on experience j after training experience i (T
+experiences, j <= i, accuracies in [0, 1]); all read from Avalanche's EvaluationPlugin:
+  * average accuracy  A = (1/T) * sum_j R[T-1][j]   (mean over experiences, not over samples);
+  * forgetting        F = (1/(T-1)) * sum_{j<T-1} (R[j][j] - R[T-1][j])   (`StreamForgetting`);
+  * backward transfer BWT = (1/(T-1)) * sum_{j<T-1} (R[T-1][j] - R[j][j]) = -F   (`StreamBWT`).
+Also: task-id accuracy (class-incremental memory strategy: share of test samples routed to their
+own task), trainable parameters per task, bytes stored per task, backbone passes per sample to
+serve every task (counted with hooks on the ViTs' patch embeddings), wall time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from timm.layers import PatchEmbed
+from torch import Tensor, nn
+
+from . import quiet_avalanche
+
+quiet_avalanche()
+from avalanche.evaluation import PluginMetric  # noqa: E402
+from avalanche.evaluation.metric_results import MetricValue  # noqa: E402
+from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics  # noqa: E402
+from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin  # noqa: E402
+
+_EXP_ACCURACY = re.compile(r"^Top1_Acc_Exp/eval_phase/test_stream/Task\d+/Exp(\d+)$")
+FORGETTING_KEY = "StreamForgetting/eval_phase/test_stream"
+BWT_KEY = "StreamBWT/eval_phase/test_stream"
+TASK_ID_PREFIX = "TaskIdAcc/eval_phase/test_stream/"
+
+
+class TaskIdAccuracy(PluginMetric[dict[str, float]]):
+    """Share of evaluated samples whose task the model inferred right, per routing method.
+
+    Reads `model.last_routes` ({method: (B,) task index}) and `model.task_of_class(mb_y)`, which
+    the class-incremental memory model sets on each evaluation pass; other models are skipped.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._correct: dict[str, int] = defaultdict(int)
+        self._total = 0
+
+    def reset(self) -> None:
+        self._correct = defaultdict(int)
+        self._total = 0
+
+    def result(self) -> dict[str, float]:
+        return {m: c / self._total for m, c in self._correct.items()} if self._total else {}
+
+    def before_eval(self, strategy) -> None:  # noqa: ANN001
+        self.reset()
+
+    def after_eval_iteration(self, strategy) -> None:  # noqa: ANN001
+        super().after_eval_iteration(strategy)
+        routes = getattr(strategy.model, "last_routes", None)
+        if not routes:
+            return
+        truth = strategy.model.task_of_class(strategy.mb_y)
+        for method, predicted in routes.items():
+            self._correct[method] += int((predicted == truth).sum())
+        self._total += int(truth.shape[0])
+
+    def after_eval(self, strategy) -> list[MetricValue]:  # noqa: ANN001
+        step = strategy.clock.train_iterations
+        return [MetricValue(self, TASK_ID_PREFIX + m, v, step) for m, v in self.result().items()]
+
+    def __str__(self) -> str:
+        return "TaskIdAcc"
+
+
+def make_evaluator() -> EvaluationPlugin:
+    """Accuracy per experience and stream, forgetting, BWT and task-id accuracy; no loggers."""
+    return EvaluationPlugin(
+        accuracy_metrics(experience=True, stream=True),
+        forgetting_metrics(experience=True, stream=True),
+        bwt_metrics(experience=True, stream=True),
+        TaskIdAccuracy(),
+        loggers=[],
+    )
+
+
+def accuracy_row(metrics: dict[str, float], n_seen: int) -> list[float]:
+    """R[i][0..i] from one evaluation's metrics (the experiences seen so far)."""
+    found = {int(m.group(1)): float(v) for k, v in metrics.items() if (m := _EXP_ACCURACY.match(k))}
+    missing = [j for j in range(n_seen) if j not in found]
+    if missing:
+        raise KeyError(f"no accuracy for experience(s) {missing} in the evaluation metrics")
+    return [found[j] for j in range(n_seen)]
+
+
+def average_accuracy(matrix: Sequence[Sequence[float]]) -> float:
+    return sum(matrix[-1]) / len(matrix[-1])
+
+
+def task_id_accuracies(metrics: dict[str, float]) -> dict[str, float]:
+    return {k[len(TASK_ID_PREFIX):]: float(v) for k, v in metrics.items() if k.startswith(TASK_ID_PREFIX)}
+
+
+class CosineSchedule(SupervisedPlugin):
+    """The same learning-rate schedule for every strategy: cosine from `lr` to 0 per experience.
+
+    Sets each parameter group's rate before every iteration, so it works whatever optimizer a
+    strategy builds or rebuilds (Avalanche's own, L2P's, the memory strategy's).
+    """
+
+    def __init__(self, lr: float) -> None:
+        super().__init__()
+        self.lr = lr
+        self._total = 1
+
+    def before_training_exp(self, strategy, *args, **kwargs) -> None:  # noqa: ANN001
+        self._total = max(1, strategy.train_epochs * len(strategy.dataloader))
+
+    def before_training_iteration(self, strategy, *args, **kwargs) -> None:  # noqa: ANN001
+        step = min(strategy.clock.train_exp_iterations, self._total)
+        rate = self.lr * 0.5 * (1.0 + math.cos(math.pi * step / self._total))
+        for group in strategy.optimizer.param_groups:
+            group["lr"] = rate
+
+
+class TrainableCounter(SupervisedPlugin):
+    """Records how many parameters each experience trains (those its optimizer updates)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.per_experience: list[int] = []
+
+    def before_training_exp(self, strategy, *args, **kwargs) -> None:  # noqa: ANN001
+        seen: set[int] = set()
+        count = 0
+        for group in strategy.optimizer.param_groups if strategy.optimizer is not None else []:
+            for p in group["params"]:
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    count += p.numel()
+        self.per_experience.append(count)
+
+
+# ----------------------------------------------------------------------------- backbone passes
+def _modules_of(strategy) -> list[nn.Module]:  # noqa: ANN001
+    """The strategy's model and any other module it holds (e.g. L2P's query ViT)."""
+    roots = [strategy.model] + [v for v in vars(strategy).values() if isinstance(v, nn.Module) and v is not strategy.model]
+    return [m for root in roots for m in root.modules()]
+
+
+@contextmanager
+def count_backbone_passes(modules: Sequence[nn.Module]) -> Iterator[list[int]]:
+    """Counts images through every ViT patch embedding (one per backbone pass per image)."""
+    counter = [0]
+
+    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        counter[0] += int(inputs[0].shape[0])
+
+    handles = [m.register_forward_hook(hook) for m in modules if isinstance(m, PatchEmbed)]
+    try:
+        yield counter
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def passes_to_serve_all(strategy, images: Tensor) -> float:  # noqa: ANN001
+    """Backbone passes per image to produce the answers of EVERY learned task.
+
+    Multi-task models answer all their tasks through `forward_all_tasks` (one output per task);
+    single-head models answer every class at once through the strategy's own forward.
+    """
+    from avalanche.models import MultiTaskModule
+
+    strategy.model.eval()
+    with count_backbone_passes(_modules_of(strategy)) as counter:
+        if isinstance(strategy.model, MultiTaskModule):
+            strategy.model.forward_all_tasks(images)
+        else:
+            zeros = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+            strategy.mbatch = [images, zeros, zeros]
+            strategy.forward()
+            strategy.mbatch = None
+    return counter[0] / images.shape[0]
+
+
+# ----------------------------------------------------------------------------- stored bytes
+def _tensor_key(t: Tensor) -> str:
+    t = t.detach().cpu().contiguous()
+    return hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode() + t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def pretrained_keys(backbone: nn.Module) -> set[str]:
+    """Content hashes of the pretrained backbone's tensors: storing those costs nothing extra."""
+    return {_tensor_key(t) for t in backbone.state_dict().values()}
+
+
+def _state_bytes(state: dict[str, Tensor], free: set[str]) -> int:
+    seen: set[str] = set()
+    total = 0
+    for t in state.values():
+        key = _tensor_key(t)
+        if key not in free and key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+@dataclass
+class StoredBytes:
+    """What a run keeps beyond the pretrained backbone: to serve tasks, and to keep learning."""
+
+    serving: int
+    learning: int
+
+    @property
+    def total(self) -> int:
+        return self.serving + self.learning
+
+
+def stored_bytes(strategy, free: set[str]) -> StoredBytes:  # noqa: ANN001
+    """Serving: the model's tensors that differ from the pretrained backbone (adapters, a whole
+    fine-tuned ViT, prompts, class means). Learning: what the strategy carries between experiences
+    (replay buffer, EWC importances and anchors, LwF's previous model, Cumulative's data).
+    """
+    serving = _state_bytes(strategy.model.state_dict(), free)
+    for module in vars(strategy).values():
+        if isinstance(module, nn.Module) and module is not strategy.model:
+            serving += _state_bytes(module.state_dict(), free)
+    learning = sum(_plugin_learning_bytes(p, free) for p in strategy.plugins)
+    dataset = getattr(strategy, "dataset", None)  # Cumulative keeps every training sample
+    if dataset is not None:
+        learning += _dataset_bytes(dataset)
+    return StoredBytes(serving, learning)
+
+
+def _dataset_bytes(dataset) -> int:  # noqa: ANN001
+    if len(dataset) == 0:
+        return 0
+    x = dataset[0][0]
+    return len(dataset) * (x.numel() * x.element_size() + 8)  # image + int64 label
+
+
+def _plugin_learning_bytes(plugin, free: set[str]) -> int:  # noqa: ANN001
+    name = type(plugin).__name__
+    if name == "ReplayPlugin":
+        return _dataset_bytes(plugin.storage_policy.buffer)
+    if name == "EWCPlugin":
+        tensors = [
+            p.data for group in (plugin.saved_params, plugin.importances) for params in group.values() for p in params.values()
+        ]
+        return sum(t.numel() * t.element_size() for t in tensors)
+    if name == "LwFPlugin" and plugin.lwf.prev_model is not None:
+        return _state_bytes(plugin.lwf.prev_model.state_dict(), free)
+    return 0

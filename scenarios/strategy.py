@@ -1,0 +1,307 @@
+"""The memory-token strategy, the Avalanche way: a MultiTaskModule, a plugin, a SupervisedTemplate.
+
+* `MemoryTokenModel` (an Avalanche `MultiTaskModule`) wraps `continual_mem.model.MemoryViT`. Its
+  `adaptation` adds one task adapter (memory tokens, class token, head) per training experience
+  and freezes the earlier ones. Training runs the new task alone; evaluation answers EVERY seen
+  task from one `forward_reuse` pass per batch (one backbone pass), then picks per sample the
+  task it was asked (task-incremental) or the task it infers (class-incremental).
+* `MemoryTokenPlugin` feeds the task router with the backbone features the training passes
+  already computed, and freezes the task when its experience ends.
+* `MemoryTokenStrategy` (a `TrainableOnlyTemplate`) rebuilds the optimizer over the trainable
+  parameters only, i.e. the current task's adapter.
+
+Class-incremental task inference (`TaskRouter`) uses the same pass: the frozen backbone's pooled
+features against per-class statistics (nearest class mean, or linear discriminant with a shared,
+shrunk covariance), or the task heads' energies / max-softmax. The statistics come from the
+frozen backbone, so learning a task never changes another task's routing statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from continual_mem.model import MemoryViT
+
+from . import quiet_avalanche
+from .benchmarks import Protocol
+
+quiet_avalanche()
+from avalanche.models import MultiTaskModule  # noqa: E402
+from avalanche.training.plugins import SupervisedPlugin  # noqa: E402
+from avalanche.training.templates import SupervisedTemplate  # noqa: E402
+
+Route = Literal["lda", "nmc", "energy", "max-softmax"]
+ROUTES: tuple[Route, ...] = ("lda", "nmc", "energy", "max-softmax")
+DEFAULT_ROUTE: Route = "lda"
+#: Weight of the scaled identity mixed into the shared covariance (LDA routing).
+DEFAULT_SHRINKAGE = 0.1
+
+
+@dataclass(frozen=True)
+class AdapterVariant:
+    """What each task trains: the paper's columns Head only / Head + Class / memory m."""
+
+    num_memory: int
+    train_class_token: bool = True
+
+    @property
+    def label(self) -> str:
+        if self.num_memory == 0:
+            return "head+class" if self.train_class_token else "head-only"
+        return f"memory-{self.num_memory}"
+
+
+HEAD_ONLY = AdapterVariant(0, train_class_token=False)
+HEAD_CLASS = AdapterVariant(0, train_class_token=True)
+
+
+def task_name(experience_id: int) -> str:
+    return f"exp{experience_id}"
+
+
+class TaskRouter(nn.Module):
+    """Infers a sample's task from one reuse pass, without a task label.
+
+    Keeps, per class, the sum and count of the frozen backbone's pooled features, and one shared
+    second moment; that is all `nmc` (cosine to class means) and `lda` (Gaussian classes with a
+    shared covariance, shrunk towards a scaled identity) need. Both pick the task of the best
+    class. `energy` (logsumexp) and `max-softmax` compare the task heads' own logits instead.
+    """
+
+    def __init__(self, dim: int, shrinkage: float = DEFAULT_SHRINKAGE) -> None:
+        super().__init__()
+        self.shrinkage = shrinkage
+        self.register_buffer("class_sums", torch.zeros(0, dim, dtype=torch.float64))
+        self.register_buffer("class_counts", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("class_task", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("second_moment", torch.zeros(dim, dim, dtype=torch.float64))
+        self._lda: tuple[Tensor, Tensor] | None = None
+
+    def add_classes(self, classes: list[int], task: int) -> None:
+        """Register the (global) class ids of a new task."""
+        needed = max(classes) + 1
+        if needed > len(self.class_task):
+            grow = needed - len(self.class_task)
+            self.class_sums = torch.cat([self.class_sums, self.class_sums.new_zeros(grow, self.class_sums.shape[1])])
+            self.class_counts = torch.cat([self.class_counts, self.class_counts.new_zeros(grow)])
+            self.class_task = torch.cat([self.class_task, self.class_task.new_full((grow,), -1)])
+        self.class_task[torch.tensor(classes)] = task
+
+    def observe(self, features: Tensor, classes: Tensor) -> None:
+        """Add a batch of backbone features (B, D) of known (global) classes (B,)."""
+        f = features.detach().to(torch.float64)
+        self.class_sums.index_add_(0, classes, f)
+        self.class_counts.index_add_(0, classes, torch.ones_like(classes, dtype=torch.float64))
+        self.second_moment += f.T @ f
+        self._lda = None
+
+    def _means(self) -> tuple[Tensor, Tensor]:
+        known = (self.class_counts > 0).nonzero(as_tuple=True)[0]
+        return known, self.class_sums[known] / self.class_counts[known, None]
+
+    def _lda_parameters(self) -> tuple[Tensor, Tensor]:
+        """(D, K) weights and (K,) biases of the linear discriminant over the known classes."""
+        if self._lda is None:
+            known, means = self._means()
+            counts = self.class_counts[known]
+            n, dim = counts.sum(), means.shape[1]
+            scatter = self.second_moment - (means.T * counts) @ means
+            cov = scatter / max(float(n - len(known)), 1.0)
+            target = torch.eye(dim, dtype=cov.dtype, device=cov.device) * torch.trace(cov) / dim
+            cov = (1 - self.shrinkage) * cov + self.shrinkage * target
+            weights = torch.linalg.solve(cov, means.T)
+            self._lda = (weights, -0.5 * (means * weights.T).sum(dim=1))
+        return self._lda
+
+    def class_scores(self, features: Tensor, method: Literal["lda", "nmc"]) -> tuple[Tensor, Tensor]:
+        """Scores (B, K) of the known classes and those classes' ids (K,)."""
+        known, means = self._means()
+        f = features.to(torch.float64)
+        if method == "nmc":
+            scores = nn.functional.normalize(f, dim=1) @ nn.functional.normalize(means, dim=1).T
+        else:
+            weights, bias = self._lda_parameters()
+            scores = f @ weights + bias
+        return scores, known
+
+    def routes(self, features: Tensor, task_logits: list[Tensor]) -> dict[Route, Tensor]:
+        """The task index (B,) each method infers for each sample."""
+        out: dict[Route, Tensor] = {}
+        for method in ("lda", "nmc"):
+            scores, known = self.class_scores(features, method)
+            out[method] = self.class_task[known[scores.argmax(dim=1)]]
+        stacked = [logits.float() for logits in task_logits]
+        out["energy"] = torch.stack([z.logsumexp(dim=1) for z in stacked], dim=1).argmax(dim=1)
+        out["max-softmax"] = torch.stack([z.softmax(dim=1).amax(dim=1) for z in stacked], dim=1).argmax(dim=1)
+        return out
+
+
+class MemoryTokenModel(MultiTaskModule):
+    """Avalanche model: a frozen ViT that grows one memory-token task per experience."""
+
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        variant: AdapterVariant,
+        protocol: Protocol,
+        route: Route = DEFAULT_ROUTE,
+        shrinkage: float = DEFAULT_SHRINKAGE,
+    ) -> None:
+        super().__init__()
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+        self.vit = MemoryViT(backbone)
+        self.variant = variant
+        self.protocol = protocol
+        self.route = route
+        self.router = TaskRouter(self.vit.dim, shrinkage)
+        self.task_names: list[str] = []
+        self.task_classes: list[list[int]] = []
+        self.task_of_label: dict[int, int] = {}
+        self.last_features: Tensor | None = None
+        self.last_routes: dict[Route, Tensor] = {}
+
+    # ------------------------------------------------------------------------------- adaptation
+    def adaptation(self, experience) -> None:  # noqa: ANN001 (an Avalanche experience)
+        """Before training an experience: freeze every task, add the experience's own task."""
+        super().adaptation(experience)
+        if not self.training:
+            return
+        name = task_name(experience.current_experience)
+        if name in self.vit.tasks:
+            return
+        self.freeze_tasks()
+        classes = sorted(int(c) for c in experience.classes_in_this_experience)
+        adapter = self.vit.add_task(
+            name, len(classes), num_memory=self.variant.num_memory, class_names=[str(c) for c in classes]
+        )
+        adapter.cls_token.requires_grad_(self.variant.train_class_token)
+        adapter.memory.requires_grad_(self.variant.num_memory > 0)
+        index = len(self.task_names)
+        self.task_names.append(name)
+        self.task_classes.append(classes)
+        if self.protocol == "task":
+            self.task_of_label.update({int(t): index for t in experience.task_labels})
+        else:
+            self.router.add_classes(classes, index)
+
+    def freeze_tasks(self) -> None:
+        for adapter in self.vit.tasks.values():
+            adapter.requires_grad_(False)
+
+    # ------------------------------------------------------------------------------- forward
+    def forward(self, x: Tensor, task_labels: Tensor | int | None = None) -> Tensor | dict[int, Tensor]:
+        if task_labels is None:
+            return self.forward_all_tasks(x)
+        if self.training:
+            return self._forward_train(x, task_labels)
+        return self._forward_eval(x, task_labels)
+
+    def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
+        """Logits of one task (task protocol: by task label), its task token alone in the pass."""
+        name = self.task_names[self.task_of_label[int(task_label)]]
+        out = self.vit.forward_reuse(x, [name])
+        self.last_features = out.features
+        return out.logits[name]
+
+    def forward_all_tasks(self, x: Tensor) -> dict[int, Tensor]:
+        """Every task's logits from ONE backbone pass, keyed by task index."""
+        out = self.vit.forward_reuse(x, self.task_names)
+        self.last_features = out.features
+        return {i: out.logits[name] for i, name in enumerate(self.task_names)}
+
+    def _forward_train(self, x: Tensor, task_labels: Tensor | int) -> Tensor:
+        """The task being learned, the newest one."""
+        current = len(self.task_names) - 1
+        if self.protocol == "task":
+            labels = torch.as_tensor(task_labels).unique().tolist()
+            if [self.task_of_label.get(int(t)) for t in labels] != [current]:
+                raise ValueError(f"training batch holds task labels {labels}; only the newest task trains")
+            return self.forward_single_task(x, labels[0])
+        name = self.task_names[current]
+        out = self.vit.forward_reuse(x, [name])
+        self.last_features = out.features
+        chosen = torch.full((x.shape[0],), current, dtype=torch.long, device=x.device)
+        return self._place({current: out.logits[name]}, chosen)
+
+    def _forward_eval(self, x: Tensor, task_labels: Tensor | int) -> Tensor:
+        """One pass for all tasks; each sample gets the logits of its given or inferred task."""
+        out = self.vit.forward_reuse(x, self.task_names)
+        self.last_features = out.features
+        logits = [out.logits[name] for name in self.task_names]
+        if self.protocol == "task":
+            labels = torch.as_tensor(task_labels, device=x.device).expand(x.shape[0])
+            chosen = torch.tensor([self.task_of_label[int(t)] for t in labels.tolist()], device=x.device)
+            width = max(z.shape[1] for z in logits)
+            result = logits[0].new_full((x.shape[0], width), float("-inf"))
+            for t in chosen.unique().tolist():
+                rows = chosen == t
+                result[rows, : logits[t].shape[1]] = logits[t][rows]
+            return result
+        self.last_routes = self.router.routes(out.features, logits)
+        chosen = self.last_routes[self.route]
+        return self._place(dict(enumerate(logits)), chosen)
+
+    def _place(self, logits: dict[int, Tensor], chosen: Tensor) -> Tensor:
+        """Class protocol: each sample's chosen-task logits in that task's global class columns.
+
+        Every other column is -inf, so argmax and softmax are those of the chosen task's head.
+        """
+        ref = next(iter(logits.values()))
+        result = ref.new_full((chosen.shape[0], self.max_class_label), float("-inf"))
+        for t in chosen.unique().tolist():
+            rows = (chosen == t).nonzero(as_tuple=True)[0]
+            columns = torch.tensor(self.task_classes[t], device=ref.device)
+            result[rows[:, None], columns[None, :]] = logits[t][rows]
+        return result
+
+    def task_of_class(self, classes: Tensor) -> Tensor:
+        """Class protocol: the task index (B,) owning each global class id."""
+        return self.router.class_task.to(classes.device)[classes]
+
+
+class MemoryTokenPlugin(SupervisedPlugin):
+    """Feeds the task router during the first epoch, freezes the task after its experience.
+
+    Routing statistics use the frozen backbone's features, identical in every epoch (no
+    augmentation), so the first epoch sees each training sample exactly once and costs no extra
+    backbone pass.
+    """
+
+    def after_training_iteration(self, strategy: SupervisedTemplate, *args, **kwargs) -> None:
+        model: MemoryTokenModel = strategy.model
+        if model.protocol == "class" and strategy.clock.train_exp_epochs == 0:
+            model.router.observe(model.last_features, strategy.mb_y)
+
+    def after_training_exp(self, strategy: SupervisedTemplate, *args, **kwargs) -> None:
+        strategy.model.freeze_tasks()
+
+
+class TrainableOnlyTemplate(SupervisedTemplate):
+    """SupervisedTemplate whose optimizer is a fresh AdamW over the trainable parameters only.
+
+    Avalanche calls `make_optimizer` once before the first experience's adaptation too, when
+    nothing may be trainable yet: no optimizer is built then.
+    """
+
+    def __init__(self, *, lr: float, weight_decay: float = 0.0, **kwargs) -> None:
+        self.lr = lr
+        self.weight_decay = weight_decay
+        super().__init__(optimizer=None, **kwargs)
+
+    def make_optimizer(self, **kwargs) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if params:
+            self.optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+
+class MemoryTokenStrategy(TrainableOnlyTemplate):
+    """The memory-token strategy: each experience trains its own new task adapter, nothing else."""
+
+    def __init__(self, *, model: MemoryTokenModel, plugins: list[SupervisedPlugin] | None = None, **kwargs) -> None:
+        super().__init__(model=model, plugins=[MemoryTokenPlugin(), *(plugins or [])], **kwargs)

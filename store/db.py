@@ -1,0 +1,161 @@
+"""Engines, transactions and the schema revision check.
+
+SQLite is opened in WAL mode with foreign keys on and a busy timeout; write
+transactions start with ``BEGIN IMMEDIATE`` so concurrent writers queue on the
+database lock (for up to the busy timeout) instead of failing half-way through
+a transaction. Reads use a plain deferred ``BEGIN`` and never block writers.
+
+The schema is owned by alembic (``alembic/`` at the repository root); the helpers
+here are what ``cmem db upgrade`` and ``TaskStore`` call.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from store.errors import SchemaVersionError
+
+ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Execution option that makes a SQLite transaction start deferred (read-only use).
+READ_ONLY = {"cmem_read_only": True}
+_PG_TRANSIENT_CODES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+
+def make_engine(db_url: str) -> Engine:
+    """Create an engine for ``db_url`` with the store's SQLite settings where it applies."""
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # Let the "begin" hook emit BEGIN itself (pysqlite's own implicit BEGIN is deferred
+    # and only issued before DML, which breaks both locking and transactional DDL).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "journal_mode=WAL",
+        "foreign_keys=ON",
+        f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        "synchronous=FULL",
+    ):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    read_only = conn.get_execution_options().get("cmem_read_only", False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """True for errors that a retry of the whole transaction can fix (lock waits, PG conflicts)."""
+    if getattr(exc.orig, "pgcode", None) in _PG_TRANSIENT_CODES:
+        return True
+    message = str(exc.orig).lower()
+    return isinstance(exc, OperationalError) and ("locked" in message or "busy" in message)
+
+
+def alembic_config(db_url: str | None = None, connection: Connection | None = None) -> Config:
+    """An alembic ``Config`` for this project, independent of the working directory.
+
+    The URL travels in ``Config.attributes`` (not the ini options) because ini
+    interpolation would mangle ``%``-escapes in URLs.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    if db_url is not None:
+        config.attributes["db_url"] = db_url
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@lru_cache(maxsize=1)
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    """The schema revision this code expects."""
+    heads = _script().get_heads()
+    if len(heads) != 1:
+        raise SchemaVersionError(f"the migrations have {len(heads)} heads ({', '.join(heads)}); expected one")
+    return heads[0]
+
+
+def current_revision(db_url: str) -> str | None:
+    """The revision the database at ``db_url`` is stamped with (None: no schema yet)."""
+    engine = make_engine(db_url)
+    try:
+        return _current_revision(engine)
+    finally:
+        engine.dispose()
+
+
+def upgrade(db_url: str, revision: str = "head") -> None:
+    """Upgrade the database at ``db_url`` to ``revision`` (what ``cmem db upgrade`` runs)."""
+    engine = make_engine(db_url)
+    try:
+        _upgrade(engine, revision)
+    finally:
+        engine.dispose()
+
+
+def ensure_schema(engine: Engine, upgrade: bool) -> None:
+    """Check the database's revision against the code's; upgrade an older one if allowed.
+
+    A revision unknown to this code can only come from newer code, so it is
+    refused even when upgrading is allowed.
+    """
+    head = head_revision()
+    current = _current_revision(engine)
+    if current == head:
+        return
+    if current is not None and not _is_known(current):
+        raise SchemaVersionError(
+            f"database schema revision {current!r} is unknown to this code (its newest is {head!r}):"
+            " the code is older than the database; upgrade continual-mem"
+        )
+    if not upgrade:
+        found = f"at revision {current!r}" if current else "not initialised"
+        raise SchemaVersionError(
+            f"database schema is {found} but this code needs {head!r}: run `cmem db upgrade`"
+        )
+    _upgrade(engine, "head")
+
+
+def _is_known(revision: str) -> bool:
+    try:
+        return _script().get_revision(revision) is not None
+    except CommandError:  # alembic's wording for "can't locate revision"
+        return False
+
+
+def _current_revision(engine: Engine) -> str | None:
+    with engine.execution_options(**READ_ONLY).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def _upgrade(engine: Engine, revision: str) -> None:
+    # alembic/env.py runs the migrations on this connection in one transaction
+    # (BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL), so processes
+    # that start at once on a fresh database upgrade it exactly once.
+    with engine.connect() as conn:
+        command.upgrade(alembic_config(connection=conn), revision)
