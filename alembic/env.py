@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 from logging.config import fileConfig
+from typing import Any, Literal
 
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
@@ -37,20 +39,18 @@ def _db_url() -> str:
         or config.get_main_option("sqlalchemy.url")
     )
     if not url:
-        raise SystemExit(
-            "no database URL: pass `-x url=...`, set CMEM_DB_URL, or set sqlalchemy.url in alembic.ini"
-        )
+        raise SystemExit("no database URL: pass `-x url=...`, set CMEM_DB_URL, or set sqlalchemy.url in alembic.ini")
     return url
 
 
-def _render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Render the models' UTC type as the plain column type, so migrations do not import models."""
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
     return False
 
 
-def _configure(**kwargs: object) -> None:
+def _configure(**kwargs: Any) -> None:
     context.configure(
         target_metadata=target_metadata,
         compare_type=True,

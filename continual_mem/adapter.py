@@ -18,7 +18,6 @@ from typing import Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from .errors import AdapterFormatError, BackboneMismatchError
@@ -132,7 +131,7 @@ class TaskAdapter(nn.Module):
         meta.update(extra_metadata or {})
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
-            save_file(self.tensors(), str(tmp), metadata=meta)
+            tmp.write_bytes(safetensors_bytes(self.tensors(), meta))
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -154,6 +153,28 @@ class TaskAdapter(nn.Module):
         with torch.no_grad():
             adapter.load_state_dict(tensors)
         return adapter
+
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file with names and metadata in sorted order, so equal adapters give equal bytes.
+
+    (`safetensors.torch.save` orders its header by a hash map: the same weights would get a new
+    sha256 on every save, defeating content addressing and "same seed, same artifact".)
+    """
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data must start 8-byte aligned
+    return len(raw).to_bytes(8, "little") + raw + b"".join(chunks)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

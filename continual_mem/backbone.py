@@ -84,13 +84,16 @@ def create_backbone(
     model_name: str,
     weights: str | os.PathLike[str] | None = None,
     pretrained: bool = False,
+    exact: bool = False,
     **kwargs: Any,
 ) -> VisionTransformer:
     """A timm ViT, with hub weights (`pretrained=True`) or a local weight file, checked supported.
 
     Local files go through timm's own pretrained loader (`pretrained_cfg_overlay=dict(file=...)`),
     which filters the checkpoint: a head of another size is dropped and position embeddings are
-    resampled. `.pth` files are read with `weights_only=True` (no pickled code runs).
+    resampled; `.pth` files are read with `weights_only=True` (no pickled code runs), `.npz` files
+    with timm's big_vision loader. `exact=True` instead loads a `.safetensors` state dict as it is,
+    strictly: how the store rebuilds the backbones it keeps.
     """
     if weights is not None:
         path = Path(weights)
@@ -100,7 +103,13 @@ def create_backbone(
             raise BackboneLoadError(
                 f"weights file {path} has suffix {path.suffix!r}; expected one of {WEIGHT_SUFFIXES}"
             )
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        if exact:
+            return check_supported(_load_exact(model_name, path, kwargs), model_name)
+        overlay: dict[str, Any] = dict(file=str(path), custom_load=path.suffix == ".npz")
+        head = checkpoint_head_size(path)
+        if head is not None:  # timm keeps the file's head when the model asks for that many classes
+            overlay["num_classes"] = head
+        kwargs["pretrained_cfg_overlay"] = overlay
         pretrained = True
     try:
         model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
@@ -116,6 +125,37 @@ def create_backbone(
             f"cannot load {model_name} weights from {source}: {type(exc).__name__}: {_first_line(exc)}"
         ) from None
     return check_supported(model, model_name)
+
+
+def _load_exact(model_name: str, path: Path, kwargs: dict[str, Any]) -> torch.nn.Module:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    model = create_backbone(model_name, **kwargs)
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise BackboneLoadError(f"cannot load {model_name} weights from {path}: {_first_line(exc)}") from None
+    return model.eval()
+
+
+def checkpoint_head_size(path: str | os.PathLike[str]) -> int | None:
+    """Classes of the head stored in a weight file, so the model is built to match it."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return int(f.get_slice("head.weight").get_shape()[0]) if "head.weight" in f.keys() else None
+        if path.suffix in (".pth", ".pt", ".bin"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else {}
+            head = state.get("head.weight")
+            return int(head.shape[0]) if head is not None else None
+    except Exception:  # unreadable: timm's loader will say why, with the file's name
+        return None
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

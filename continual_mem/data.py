@@ -69,7 +69,12 @@ def load_source(spec: str, skip_bad: bool = False) -> LabeledImages:
 def _load_builtin(spec: str) -> LabeledImages:
     name, _, query = spec[len("builtin:"):].partition("?")
     options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-    builders = {"digits": _digits_from_options, "synthetic": _synthetic_from_options, "shapes": _shapes_from_options}
+    builders = {
+        "digits": _digits_from_options,
+        "synthetic": _synthetic_from_options,
+        "shapes": _shapes_from_options,
+        "glyphs": _glyphs_from_options,
+    }
     if name not in builders:
         raise DataError(f"unknown built-in data set {name!r} (known: {', '.join(sorted(builders))})")
     try:
@@ -105,6 +110,13 @@ def _shapes_from_options(options: dict[str, str]) -> LabeledImages:
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}")
     return shapes(n_per_class=int(options.get("n", 600)), seed=int(options.get("seed", 0)))
+
+
+def _glyphs_from_options(options: dict[str, str]) -> LabeledImages:
+    unknown = set(options) - {"n", "seed"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}")
+    return glyphs(n_per_class=int(options.get("n", 80)), seed=int(options.get("seed", 0)))
 
 
 def _select_classes(data: LabeledImages, classes: Sequence[int] | None) -> LabeledImages:
@@ -172,7 +184,61 @@ def shapes(n_per_class: int = 600, seed: int = 0, size: int = SYNTHETIC_SIZE) ->
             images.append(_finish(_draw_shape(kind, size, rng), rng, 0.08))
             labels.append(label)
     return LabeledImages(
-        torch.from_numpy(np.stack(images)).unsqueeze(1), torch.tensor(labels), list(SHAPE_NAMES), "builtin:shapes"
+        torch.from_numpy(np.stack(images).astype(np.float32)).unsqueeze(1), torch.tensor(labels), list(SHAPE_NAMES), "builtin:shapes"
+    )
+
+
+GLYPH_CLASSES = 64
+
+
+def _bezier_points(controls: np.ndarray, steps: int = 24) -> np.ndarray:
+    """Points along a quadratic Bezier curve given its 3 control points (3, 2)."""
+    t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+    return (1 - t) ** 2 * controls[0] + 2 * (1 - t) * t * controls[1] + t**2 * controls[2]
+
+
+def _render_strokes(strokes: list[np.ndarray], size: int, thickness: float) -> np.ndarray:
+    """Anti-aliased strokes: brightness falls off with the distance to the nearest curve point."""
+    points = np.concatenate([_bezier_points(c) for c in strokes])  # (P, 2) as (y, x)
+    yy, xx = _grid(size)
+    d2 = (yy.reshape(-1, 1) - points[:, 0]) ** 2 + (xx.reshape(-1, 1) - points[:, 1]) ** 2
+    distance = np.sqrt(d2.min(axis=1)).reshape(size, size)
+    return np.clip(thickness - distance + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def _jittered(strokes: list[np.ndarray], size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A random similarity transform plus a little per-point jitter, like another hand."""
+    angle = rng.uniform(-0.35, 0.35)
+    scale = rng.uniform(0.8, 1.15)
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
+    center = size / 2.0
+    shift = rng.uniform(-3, 3, size=2).astype(np.float32)
+    return [(c - center) @ rot.T + center + shift + rng.normal(0, 1.0, c.shape).astype(np.float32) for c in strokes]
+
+
+def glyphs(n_per_class: int = 80, seed: int = 0, size: int = SYNTHETIC_SIZE, num_classes: int = GLYPH_CLASSES) -> LabeledImages:
+    """GENERATED pretraining data: 64 random pen-stroke glyphs (2-3 curves each), drawn by varied hands.
+
+    Each class is a fixed random set of quadratic curves; samples rotate, scale, shift and jitter
+    them and vary the pen. No glyph is a digit: the classes are random curves.
+    """
+    rng = np.random.default_rng(seed + 7_919)
+    margin = size * 0.12
+    prototypes = [
+        [rng.uniform(margin, size - margin, size=(3, 2)).astype(np.float32) for _ in range(rng.integers(2, 4))]
+        for _ in range(num_classes)
+    ]
+    images, labels = [], []
+    for label, strokes in enumerate(prototypes):
+        for _ in range(n_per_class):
+            canvas = _render_strokes(_jittered(strokes, size, rng), size, rng.uniform(1.5, 3.0))
+            images.append(_finish(canvas * rng.uniform(0.7, 1.0), rng, 0.05))
+            labels.append(label)
+    return LabeledImages(
+        torch.from_numpy(np.stack(images).astype(np.float32)).unsqueeze(1),
+        torch.tensor(labels),
+        [f"glyph-{i:02d}" for i in range(num_classes)],
+        "builtin:glyphs",
     )
 
 
@@ -206,7 +272,7 @@ def synthetic(
             images.append(_finish(_dots(count, layout, size, rng), rng, 0.1))
             labels.append(label)
     data = LabeledImages(
-        torch.from_numpy(np.stack(images)).unsqueeze(1), torch.tensor(labels), list(SYNTHETIC_CLASSES), "builtin:synthetic"
+        torch.from_numpy(np.stack(images).astype(np.float32)).unsqueeze(1), torch.tensor(labels), list(SYNTHETIC_CLASSES), "builtin:synthetic"
     )
     return _select_classes(data, classes)
 

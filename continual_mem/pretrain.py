@@ -102,4 +102,4 @@ def demo_backbone(cache_dir: Path | None = None, config: PretrainConfig = Pretra
         model, _ = pretrain_backbone(config)
         save_backbone(model, path, config)
     num_classes = len(load_source(config.data).class_names)
-    return create_backbone(config.model_name, weights=path, num_classes=num_classes, **dict(config.model_kwargs))
+    return create_backbone(config.model_name, weights=path, exact=True, num_classes=num_classes, **dict(config.model_kwargs))

@@ -13,14 +13,36 @@ before the first `avalanche.training` import (every module here that needs it ca
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_AVALANCHE_DEPRECATION = "Call to deprecated function update (removal in version 0.7"
 
 
 def quiet_avalanche() -> None:
-    """Silence import-time warnings that say nothing about this project's runs.
+    """Silence warnings of Avalanche's own code that say nothing about this project's runs.
 
     `avalanche.training` imports qpsolvers (for GEM, unused here), which warns that no QP solver is
-    installed; Avalanche's L2P model imports timm's deprecated `timm.models.layers` path.
+    installed; Avalanche's L2P model imports timm's deprecated `timm.models.layers` path; its EWC
+    indexes a tensor with a list (a PyTorch deprecation).
     """
     warnings.filterwarnings("ignore", message=".*no QP solver found.*")
     warnings.filterwarnings("ignore", message="Importing from timm.models.layers is deprecated")
     warnings.filterwarnings("ignore", message="Importing from timm.models.helpers is deprecated")
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+
+
+@contextmanager
+def avalanche_deprecations_dropped() -> Iterator[None]:
+    """Drop the deprecation warnings Avalanche raises about its own internals; re-emit the rest.
+
+    Avalanche's `@deprecated` wrapper calls `warnings.simplefilter("once", DeprecationWarning)`
+    before warning, which overrides any ignore filter, so the warnings are caught and sorted here.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_avalanche()
+        yield
+    for w in caught:
+        if not (issubclass(w.category, DeprecationWarning) and str(w.message).startswith(_AVALANCHE_DEPRECATION)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -79,14 +80,20 @@ class TaskIdAccuracy(PluginMetric[dict[str, float]]):
 
 
 def make_evaluator() -> EvaluationPlugin:
-    """Accuracy per experience and stream, forgetting, BWT and task-id accuracy; no loggers."""
-    return EvaluationPlugin(
-        accuracy_metrics(experience=True, stream=True),
-        forgetting_metrics(experience=True, stream=True),
-        bwt_metrics(experience=True, stream=True),
-        TaskIdAccuracy(),
-        loggers=[],
-    )
+    """Accuracy per experience and stream, forgetting, BWT and task-id accuracy; no loggers.
+
+    Results are read from `strategy.eval(...)`'s return value, so Avalanche's warning that
+    nothing will be logged is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(
+            accuracy_metrics(experience=True, stream=True),
+            forgetting_metrics(experience=True, stream=True),
+            bwt_metrics(experience=True, stream=True),
+            TaskIdAccuracy(),
+            loggers=[],
+        )
 
 
 def accuracy_row(metrics: dict[str, float], n_seen: int) -> list[float]:
@@ -170,11 +177,12 @@ def count_backbone_passes(modules: Sequence[nn.Module]) -> Iterator[list[int]]:
 
 
 @torch.no_grad()
-def passes_to_serve_all(strategy, images: Tensor) -> float:  # noqa: ANN001
+def passes_to_serve_all(strategy, images: Tensor, experience) -> float:  # noqa: ANN001
     """Backbone passes per image to produce the answers of EVERY learned task.
 
     Multi-task models answer all their tasks through `forward_all_tasks` (one output per task);
-    single-head models answer every class at once through the strategy's own forward.
+    single-head models answer every class at once through the strategy's own forward, which
+    needs a current `experience` (L2P reads it).
     """
     from avalanche.models import MultiTaskModule
 
@@ -184,9 +192,12 @@ def passes_to_serve_all(strategy, images: Tensor) -> float:  # noqa: ANN001
             strategy.model.forward_all_tasks(images)
         else:
             zeros = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
-            strategy.mbatch = [images, zeros, zeros]
-            strategy.forward()
-            strategy.mbatch = None
+            previous = strategy.experience
+            strategy.experience, strategy.mbatch = experience, [images, zeros, zeros]
+            try:
+                strategy.forward()
+            finally:
+                strategy.experience, strategy.mbatch = previous, None
     return counter[0] / images.shape[0]
 
 

@@ -76,10 +76,10 @@ class TaskRouter(nn.Module):
     def __init__(self, dim: int, shrinkage: float = DEFAULT_SHRINKAGE) -> None:
         super().__init__()
         self.shrinkage = shrinkage
-        self.register_buffer("class_sums", torch.zeros(0, dim, dtype=torch.float64))
-        self.register_buffer("class_counts", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("class_sums", torch.zeros(0, dim))
+        self.register_buffer("class_counts", torch.zeros(0))
         self.register_buffer("class_task", torch.zeros(0, dtype=torch.long))
-        self.register_buffer("second_moment", torch.zeros(dim, dim, dtype=torch.float64))
+        self.register_buffer("second_moment", torch.zeros(dim, dim))
         self._lda: tuple[Tensor, Tensor] | None = None
 
     def add_classes(self, classes: list[int], task: int) -> None:
@@ -94,23 +94,24 @@ class TaskRouter(nn.Module):
 
     def observe(self, features: Tensor, classes: Tensor) -> None:
         """Add a batch of backbone features (B, D) of known (global) classes (B,)."""
-        f = features.detach().to(torch.float64)
+        f = features.detach().to(self.class_sums.dtype)
         self.class_sums.index_add_(0, classes, f)
-        self.class_counts.index_add_(0, classes, torch.ones_like(classes, dtype=torch.float64))
+        self.class_counts.index_add_(0, classes, torch.ones_like(f[:, 0]))
         self.second_moment += f.T @ f
         self._lda = None
 
     def _means(self) -> tuple[Tensor, Tensor]:
+        """Known class ids (K,) and their mean features (K, D), in float64."""
         known = (self.class_counts > 0).nonzero(as_tuple=True)[0]
-        return known, self.class_sums[known] / self.class_counts[known, None]
+        return known, self.class_sums[known].double() / self.class_counts[known, None].double()
 
     def _lda_parameters(self) -> tuple[Tensor, Tensor]:
         """(D, K) weights and (K,) biases of the linear discriminant over the known classes."""
         if self._lda is None:
             known, means = self._means()
-            counts = self.class_counts[known]
+            counts = self.class_counts[known].double()
             n, dim = counts.sum(), means.shape[1]
-            scatter = self.second_moment - (means.T * counts) @ means
+            scatter = self.second_moment.double() - (means.T * counts) @ means
             cov = scatter / max(float(n - len(known)), 1.0)
             target = torch.eye(dim, dtype=cov.dtype, device=cov.device) * torch.trace(cov) / dim
             cov = (1 - self.shrinkage) * cov + self.shrinkage * target
@@ -159,7 +160,7 @@ class MemoryTokenModel(MultiTaskModule):
         self.variant = variant
         self.protocol = protocol
         self.route = route
-        self.router = TaskRouter(self.vit.dim, shrinkage)
+        self.router = TaskRouter(self.vit.dim, shrinkage) if protocol == "class" else None
         self.task_names: list[str] = []
         self.task_classes: list[list[int]] = []
         self.task_of_label: dict[int, int] = {}

@@ -26,7 +26,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -236,7 +236,7 @@ class FsspecArtifactStore(ArtifactStore):
         return f"{self.url}/{key}"
 
     def entries(self) -> Iterator[ArtifactEntry]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         prefix = f"{self.root}/"
         for path in self.fs.find(self.root):
             relative = path.removeprefix(prefix).lstrip("/")
@@ -251,8 +251,8 @@ class FsspecArtifactStore(ArtifactStore):
         except (NotImplementedError, OSError):
             return 0.0
         if modified.tzinfo is None:
-            modified = modified.replace(tzinfo=timezone.utc)
-        return (now - modified).total_seconds()
+            modified = modified.replace(tzinfo=UTC)
+        return float((now - modified).total_seconds())
 
     def remove(self, key: str) -> None:
         path = self._path(key)

@@ -135,9 +135,7 @@ def ensure_schema(engine: Engine, upgrade: bool) -> None:
         )
     if not upgrade:
         found = f"at revision {current!r}" if current else "not initialised"
-        raise SchemaVersionError(
-            f"database schema is {found} but this code needs {head!r}: run `cmem db upgrade`"
-        )
+        raise SchemaVersionError(f"database schema is {found} but this code needs {head!r}: run `cmem db upgrade`")
     _upgrade(engine, "head")
 
 

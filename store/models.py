@@ -7,7 +7,7 @@ constraint is named (see ``NAMING_CONVENTION``) so alembic can alter it later.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -47,7 +47,7 @@ TAG_VALUE_LEN = 500
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -65,14 +65,14 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given; the store only keeps UTC-aware timestamps")
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -166,9 +166,7 @@ class Alias(Base):
     __tablename__ = "aliases"
     __table_args__ = (
         UniqueConstraint("task_id", "name"),
-        ForeignKeyConstraint(
-            ["task_id", "version_number"], ["task_versions.task_id", "task_versions.number"]
-        ),
+        ForeignKeyConstraint(["task_id", "version_number"], ["task_versions.task_id", "task_versions.number"]),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -183,12 +181,8 @@ class AliasMove(Base):
 
     __tablename__ = "alias_moves"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["task_id", "from_version"], ["task_versions.task_id", "task_versions.number"]
-        ),
-        ForeignKeyConstraint(
-            ["task_id", "to_version"], ["task_versions.task_id", "task_versions.number"]
-        ),
+        ForeignKeyConstraint(["task_id", "from_version"], ["task_versions.task_id", "task_versions.number"]),
+        ForeignKeyConstraint(["task_id", "to_version"], ["task_versions.task_id", "task_versions.number"]),
         CheckConstraint("kind IN ('set', 'rollback', 'remove')", name="kind"),
         Index(None, "task_id", "alias"),
     )
@@ -242,16 +236,17 @@ _MUTABLE_WHEN_READY = frozenset({"deleted_at"})
 
 @event.listens_for(TaskVersion, "before_update")
 def _refuse_ready_changes(mapper: Mapper[Any], connection: Any, target: TaskVersion) -> None:
-    """Guard for any ORM session: a version that was ready when loaded cannot change."""
+    """Guard for every ORM flush, API or not: a version that was ready when loaded cannot change.
+
+    (Bulk ``UPDATE`` statements bypass mapper events; the store never issues them.)
+    """
     state = inspect(target)
     status_history = state.attrs.status.history
     was_status = status_history.deleted[0] if status_history.deleted else target.status
     if was_status != "ready":
         return
     changed = sorted(
-        attr.key
-        for attr in state.attrs
-        if attr.key not in _MUTABLE_WHEN_READY and attr.history.has_changes()
+        attr.key for attr in state.attrs if attr.key not in _MUTABLE_WHEN_READY and attr.history.has_changes()
     )
     if changed:
         raise InvalidStateError(

@@ -28,9 +28,7 @@ def check_alias(alias: object) -> str:
     check_name(alias, "alias")
     assert isinstance(alias, str)
     if _DIGITS_RE.fullmatch(alias):
-        raise InvalidNameError(
-            f"invalid alias {alias!r}: must not be only digits (that reads as a version number)"
-        )
+        raise InvalidNameError(f"invalid alias {alias!r}: must not be only digits (that reads as a version number)")
     return alias
 
 

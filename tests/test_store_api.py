@@ -6,14 +6,15 @@ Every test runs on SQLite and on PostgreSQL (skipped with a reason when no serve
 from __future__ import annotations
 
 import re
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 import pytest
+import test_store_fixtures as fx
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from test_store_fixtures import WEIGHTS_SHA, db_url, make_artifact, ready_version, sqlite_store, store  # noqa: F401
+from test_store_fixtures import WEIGHTS_SHA, make_artifact, ready_version
 
 from store import (
     AlreadyExistsError,
@@ -24,6 +25,11 @@ from store import (
     TaskStore,
 )
 from store import models as m
+
+# Shared fixtures, bound here so they take precedence over same-named conftest fixtures.
+db_url = fx.db_url
+sqlite_store = fx.sqlite_store
+store = fx.store
 
 BAD_NAMES = ["", "..", "../x", "x/y", "a b", "Digits", ".hidden", "-x", "_x", "a" * 65, "tâche", "a@b", None]
 
@@ -59,19 +65,19 @@ def test_good_names_are_accepted(store: TaskStore) -> None:
     ],
 )
 def test_unknown_or_bad_references(sqlite_store: TaskStore, ref: str, error: type, message: str) -> None:
-    with pytest.raises(error, match="^" + re.escape(message)) as err:
+    with pytest.raises(error, match=r"^" + re.escape(message)) as err:
         sqlite_store.get_version(ref)
     assert "\n" not in str(err.value)
 
 
 def test_unknown_backbone_and_duplicates(store: TaskStore) -> None:
-    with pytest.raises(NotFoundError, match="^backbone 'resnet' not found$"):
+    with pytest.raises(NotFoundError, match=r"^backbone 'resnet' not found$"):
         store.register_task("other", "resnet", ["a"])
-    with pytest.raises(AlreadyExistsError, match="^task 'digits' already exists$"):
+    with pytest.raises(AlreadyExistsError, match=r"^task 'digits' already exists$"):
         store.register_task("digits", "vit-tiny", ["a"])
-    with pytest.raises(AlreadyExistsError, match="^backbone 'vit-tiny' already exists$"):
+    with pytest.raises(AlreadyExistsError, match=r"^backbone 'vit-tiny' already exists$"):
         store.register_backbone("vit-tiny", "vit_tiny_patch16_224", WEIGHTS_SHA, {})
-    with pytest.raises(NotFoundError, match="^task 'ghost' not found$"):
+    with pytest.raises(NotFoundError, match=r"^task 'ghost' not found$"):
         store.begin_version("ghost", "memory", 4, {})
 
 
@@ -91,13 +97,13 @@ def test_bad_class_names(sqlite_store: TaskStore, class_names: object, message: 
 
 
 def test_bad_values(store: TaskStore) -> None:
-    with pytest.raises(InvalidValueError, match="weights_sha256 must be a sha256"):
+    with pytest.raises(InvalidValueError, match=r"weights_sha256 must be a sha256"):
         store.register_backbone("b", "vit", "xyz", {})
-    with pytest.raises(InvalidValueError, match="hyperparams must be JSON data without NaN"):
+    with pytest.raises(InvalidValueError, match=r"hyperparams must be JSON data without NaN"):
         store.begin_version("digits", "memory", 4, {"lr": float("nan")})
-    with pytest.raises(InvalidValueError, match="memory_size must be an integer >= 0"):
+    with pytest.raises(InvalidValueError, match=r"memory_size must be an integer >= 0"):
         store.begin_version("digits", "memory", -1, {})
-    with pytest.raises(InvalidValueError, match="hyperparams must be a dict"):
+    with pytest.raises(InvalidValueError, match=r"hyperparams must be a dict"):
         store.begin_version("digits", "memory", 4, [1, 2])  # type: ignore[arg-type]
 
 
@@ -106,13 +112,14 @@ def test_bad_values(store: TaskStore) -> None:
 
 def test_version_lifecycle(store: TaskStore, tmp_path: Path) -> None:
     started = store.begin_version("digits", "memory", 4, {"lr": 0.01}, data_fingerprint="fp1")
-    assert (started.ref, started.status, started.metrics, started.artifact_sha256) == ("digits@1", "training", None, None)
-    assert started.created_at.tzinfo == timezone.utc
+    assert (started.ref, started.status, started.metrics) == ("digits@1", "training", None)
+    assert started.artifact_sha256 is None
+    assert started.created_at.tzinfo == UTC
 
     done = store.complete_version(started, make_artifact(tmp_path / "a.safetensors"), {"accuracy": 0.9})
     assert (done.status, done.metrics, done.data_fingerprint) == ("ready", {"accuracy": 0.9}, "fp1")
     assert done.artifact_size == (tmp_path / "a.safetensors").stat().st_size
-    assert done.finished_at is not None and done.finished_at.tzinfo == timezone.utc
+    assert done.finished_at is not None and done.finished_at.tzinfo == UTC
     assert done.finished_at >= done.created_at
     assert store.get_version("digits") == done
     assert store.get_version("digits@1") == done
@@ -129,13 +136,13 @@ def test_version_lifecycle(store: TaskStore, tmp_path: Path) -> None:
 def test_ready_version_cannot_be_changed(store: TaskStore, tmp_path: Path) -> None:
     number = ready_version(store, "digits", tmp_path)
     artifact = make_artifact(tmp_path / "other.safetensors", seed=7)
-    with pytest.raises(InvalidStateError, match="^version digits@1 is ready and cannot be changed$"):
+    with pytest.raises(InvalidStateError, match=r"^version digits@1 is ready and cannot be changed$"):
         store.complete_version(f"digits@{number}", artifact, {"accuracy": 1.0})
-    with pytest.raises(InvalidStateError, match="^version digits@1 is ready and cannot be changed$"):
+    with pytest.raises(InvalidStateError, match=r"^version digits@1 is ready and cannot be changed$"):
         store.fail_version("digits@1", "oops")
     failed = store.begin_version("digits", "memory", 4, {})
     store.fail_version(failed, "crash")
-    with pytest.raises(InvalidStateError, match="^version digits@2 is failed; only a training version"):
+    with pytest.raises(InvalidStateError, match=r"^version digits@2 is failed; only a training version"):
         store.complete_version(failed, artifact, {})
     assert store.get_version("digits@1").metrics == {"accuracy": 0.5}
 
@@ -146,7 +153,7 @@ def test_orm_guard_refuses_changes_to_a_ready_row(store: TaskStore, tmp_path: Pa
     with Session(store._engine) as session:
         row = session.scalars(select(m.TaskVersion).where(m.TaskVersion.number == 1)).one()
         row.metrics = {"accuracy": 1.0}
-        with pytest.raises(InvalidStateError, match="is ready and cannot be changed .attempted: metrics"):
+        with pytest.raises(InvalidStateError, match=r"is ready and cannot be changed .attempted: metrics"):
             session.flush()
 
 
@@ -160,7 +167,7 @@ def test_evaluations_append_without_changing_the_version(store: TaskStore, tmp_p
     ]
     assert info.metrics == {"accuracy": 0.5}
     training = store.begin_version("digits", "memory", 4, {})
-    with pytest.raises(InvalidStateError, match="digits@2 is training, not ready, and cannot be evaluated"):
+    with pytest.raises(InvalidStateError, match=r"digits@2 is training, not ready, and cannot be evaluated"):
         store.add_evaluation(training, "x", {})
 
 
@@ -173,29 +180,29 @@ def test_deleted_numbers_are_never_reused(store: TaskStore, tmp_path: Path) -> N
     assert [v.number for v in store.list_versions("digits")] == [1, 2, 4]
     assert [v.number for v in store.list_versions("digits", include_deleted=True)] == [1, 2, 3, 4]
     assert store.get_version("digits").number == 2
-    with pytest.raises(InvalidStateError, match="^version digits@3 is already deleted$"):
+    with pytest.raises(InvalidStateError, match=r"^version digits@3 is already deleted$"):
         store.delete_version("digits@3")
-    with pytest.raises(InvalidStateError, match="version digits@3 is deleted and cannot be loaded"):
+    with pytest.raises(InvalidStateError, match=r"version digits@3 is deleted and cannot be loaded"):
         store.artifact_path("digits@3")
 
 
 def test_delete_is_refused_while_an_alias_points_at_the_version(store: TaskStore, tmp_path: Path) -> None:
     ready_version(store, "digits", tmp_path)
     store.set_alias("digits", "production", 1)
-    with pytest.raises(InvalidStateError, match="^version digits@1 is the target of alias 'production'; move or"):
+    with pytest.raises(InvalidStateError, match=r"^version digits@1 is the target of alias 'production'; move or"):
         store.delete_version("digits@1")
 
 
 def test_archived_task(store: TaskStore, tmp_path: Path) -> None:
     ready_version(store, "digits", tmp_path)
     store.set_alias("digits", "production", 1)
-    with pytest.raises(InvalidStateError, match="has aliases 'production'; remove them before archiving"):
+    with pytest.raises(InvalidStateError, match=r"has aliases 'production'; remove them before archiving"):
         store.archive_task("digits")
     store.remove_alias("digits", "production")
     assert store.archive_task("digits").archived
     assert store.list_tasks() == []
     assert [t.name for t in store.list_tasks(include_archived=True)] == ["digits"]
-    with pytest.raises(InvalidStateError, match="^task 'digits' is archived"):
+    with pytest.raises(InvalidStateError, match=r"^task 'digits' is archived"):
         store.begin_version("digits", "memory", 4, {})
     assert not store.unarchive_task("digits").archived
 
@@ -214,7 +221,7 @@ def test_alias_moves_history_and_rollback(store: TaskStore, tmp_path: Path) -> N
 
     assert store.rollback_alias("digits", "production", actor="carol").version == 2
     assert store.rollback_alias("digits", "production").version == 1
-    with pytest.raises(InvalidStateError, match="has no earlier version to roll back to"):
+    with pytest.raises(InvalidStateError, match=r"has no earlier version to roll back to"):
         store.rollback_alias("digits", "production")
 
     history = store.alias_history("digits", "production")
@@ -225,12 +232,12 @@ def test_alias_moves_history_and_rollback(store: TaskStore, tmp_path: Path) -> N
         ("rollback", 3, 2, "carol"),
         ("rollback", 2, 1, None),
     ]
-    assert all(h.moved_at.tzinfo == timezone.utc for h in history)
+    assert all(h.moved_at.tzinfo == UTC for h in history)
     assert store.get_version("digits@1").aliases == ["production"]
     assert store.get_task("digits").aliases == {"production": 1}
 
     store.remove_alias("digits", "production", actor="dave")
-    with pytest.raises(NotFoundError, match="alias 'production' of task 'digits' not found"):
+    with pytest.raises(NotFoundError, match=r"alias 'production' of task 'digits' not found"):
         store.get_version("digits@production")
     assert store.alias_history("digits", "production")[-1].kind == "remove"
 
@@ -241,7 +248,9 @@ def test_rollback_refuses_a_deleted_previous_target(store: TaskStore, tmp_path: 
     store.set_alias("digits", "staging", 1)
     store.set_alias("digits", "staging", 2)
     store.delete_version("digits@1")
-    with pytest.raises(InvalidStateError, match="^cannot roll back alias 'staging' to digits@1: the version is deleted$"):
+    with pytest.raises(
+        InvalidStateError, match=r"^cannot roll back alias .staging. to digits@1: the version is deleted"
+    ):
         store.rollback_alias("digits", "staging")
     assert store.get_version("digits@staging").number == 2
 
@@ -257,13 +266,14 @@ def test_alias_only_to_a_ready_version_of_the_same_task(store: TaskStore, tmp_pa
     ready_version(store, "letters", tmp_path, 3)  # letters@2 exists, digits@2 is training
 
     for number, problem in [(2, "training, not ready"), (3, "failed, not ready"), (4, "deleted")]:
-        with pytest.raises(InvalidStateError, match=f"^cannot point alias 'production' at digits@{number}: the version is {problem}$"):
+        expected = rf"^cannot point alias 'production' at digits@{number}: the version is {problem}$"
+        with pytest.raises(InvalidStateError, match=expected):
             store.set_alias("digits", "production", number)
-    with pytest.raises(NotFoundError, match="^version digits@9 not found$"):
+    with pytest.raises(NotFoundError, match=r"^version digits@9 not found$"):
         store.set_alias("digits", "production", 9)
-    with pytest.raises(InvalidNameError, match="must not be only digits"):
+    with pytest.raises(InvalidNameError, match=r"must not be only digits"):
         store.set_alias("digits", "123", 1)
-    with pytest.raises(InvalidNameError, match="needs a version number"):
+    with pytest.raises(InvalidNameError, match=r"needs a version number"):
         store.set_alias("digits", "production")
     assert store.deployed() == []
 
@@ -337,16 +347,16 @@ def test_tags_and_search(store: TaskStore, tmp_path: Path) -> None:
     assert refs(alias="production") == ["letters@1"]
     assert refs(backbone="vit-small", status="training") == ["letters@2"]
     assert refs(task="digits", tag="candidate") == ["digits@2"]
-    with pytest.raises(InvalidValueError, match="unknown status 'done'"):
+    with pytest.raises(InvalidValueError, match=r"unknown status 'done'"):
         store.search_versions(status="done")
-    with pytest.raises(NotFoundError, match="^backbone 'nope' not found$"):
+    with pytest.raises(NotFoundError, match=r"^backbone 'nope' not found$"):
         store.search_versions(backbone="nope")
 
     store.remove_tag("digits", "candidate", version=2)
     assert store.get_version("digits@2").tags == {}
-    with pytest.raises(NotFoundError, match="^tag 'candidate' not found on version digits@2$"):
+    with pytest.raises(NotFoundError, match=r"^tag 'candidate' not found on version digits@2$"):
         store.remove_tag("digits", "candidate", version=2)
-    with pytest.raises(InvalidNameError, match="invalid tag key 'Bad Key'"):
+    with pytest.raises(InvalidNameError, match=r"invalid tag key 'Bad Key'"):
         store.set_tag("digits", "Bad Key", "x")
 
 
@@ -371,10 +381,10 @@ def test_scenario_runs(store: TaskStore) -> None:
     store.record_scenario_run("split-digits", "naive", "class-il", {}, {"avg_acc": 0.4}, [[0.9], [0.2]])
     store.record_scenario_run("synthetic", "memory", "task-il", {}, {}, [])
     assert store.get_scenario_run(first.id) == first
-    assert first.accuracy_matrix == [[0.9, 0.1], [0.9, 0.8]] and first.created_at.tzinfo == timezone.utc
+    assert first.accuracy_matrix == [[0.9, 0.1], [0.9, 0.8]] and first.created_at.tzinfo == UTC
     assert [r.strategy for r in store.list_scenario_runs(scenario="split-digits")] == ["memory", "naive"]
     assert [r.scenario for r in store.list_scenario_runs(strategy="memory")] == ["split-digits", "synthetic"]
-    with pytest.raises(NotFoundError, match="^scenario run 999 not found$"):
+    with pytest.raises(NotFoundError, match=r"^scenario run 999 not found$"):
         store.get_scenario_run(999)
-    with pytest.raises(InvalidValueError, match="accuracy_matrix entry must be a finite number"):
+    with pytest.raises(InvalidValueError, match=r"accuracy_matrix entry must be a finite number"):
         store.record_scenario_run("s", "x", "p", {}, {}, [[float("nan")]])

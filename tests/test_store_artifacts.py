@@ -12,10 +12,14 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from test_store_fixtures import make_artifact, ready_version, sqlite_store  # noqa: F401
+import test_store_fixtures as fx
+from test_store_fixtures import make_artifact, ready_version
 
 from store import ArtifactIntegrityError, InvalidArtifactError, InvalidStateError, TaskStore, read_safetensors_metadata
 from store.artifacts import read_safetensors_header, sha256_file, write_safetensors_with_metadata
+
+# Shared fixtures, bound here so they take precedence over same-named conftest fixtures.
+sqlite_store = fx.sqlite_store
 
 
 def test_artifacts_are_content_addressed(sqlite_store: TaskStore, tmp_path: Path) -> None:
@@ -43,13 +47,13 @@ def test_tampered_artifact_is_refused(sqlite_store: TaskStore, tmp_path: Path) -
     assert "corrupt" in message
 
     path.unlink()
-    with pytest.raises(ArtifactIntegrityError, match=f"artifact {path} is missing"):
+    with pytest.raises(ArtifactIntegrityError, match=rf"artifact {path} is missing"):
         sqlite_store.artifact_path("digits@1")
 
 
 def test_training_version_has_no_artifact(sqlite_store: TaskStore) -> None:
     sqlite_store.begin_version("digits", "memory", 4, {})
-    with pytest.raises(InvalidStateError, match="^version digits@1 is training, not ready, and cannot be loaded$"):
+    with pytest.raises(InvalidStateError, match=r"^version digits@1 is training, not ready, and cannot be loaded$"):
         sqlite_store.artifact_path("digits@1")
 
 
@@ -59,7 +63,7 @@ def test_invalid_artifact_file_is_refused_and_the_version_stays_training(
     version = sqlite_store.begin_version("digits", "memory", 4, {})
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file at all")
-    with pytest.raises(InvalidArtifactError, match="is not a valid safetensors file"):
+    with pytest.raises(InvalidArtifactError, match=r"is not a valid safetensors file"):
         sqlite_store.complete_version(version, garbage, {})
     assert sqlite_store.get_version("digits@1").status == "training"
 
@@ -91,10 +95,10 @@ def test_fsspec_artifact_roots(tmp_path: Path, fsspec_root: str) -> None:
         fs.pipe_file(stored_path, b"tampered" + source.read_bytes()[8:])
         if local.is_relative_to(home / "cache"):
             local.unlink()  # else the verified cached copy would be served
-        with pytest.raises(ArtifactIntegrityError, match="is corrupt"):
+        with pytest.raises(ArtifactIntegrityError, match=r"is corrupt"):
             store.artifact_path("digits@1")
         fs.rm(stored_path)
-        with pytest.raises(ArtifactIntegrityError, match="is missing"):
+        with pytest.raises(ArtifactIntegrityError, match=r"is missing"):
             store.artifact_path("digits@1")
 
 
@@ -148,6 +152,10 @@ def test_gc_keeps_backbone_weights_and_deleted_versions(sqlite_store: TaskStore,
 # --- safetensors headers --------------------------------------------------------------------
 
 
+def _f32_entry(shape: object, offsets: list[int]) -> dict[str, object]:
+    return {"t": {"dtype": "F32", "shape": shape, "data_offsets": offsets}}
+
+
 def _with_header(path: Path, header: dict[str, object], data: bytes) -> Path:
     blob = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
@@ -160,9 +168,9 @@ def _with_header(path: Path, header: dict[str, object], data: bytes) -> Path:
         (lambda p: p.write_bytes(b"abc") and p, "shorter than the 8-byte header length"),
         (lambda p: p.write_bytes(struct.pack("<Q", 10**6) + b"{}") and p, "header length 1000000 but only 2"),
         (lambda p: p.write_bytes(struct.pack("<Q", 4) + b"{{{{") and p, "header is not JSON"),
-        (lambda p: _with_header(p, {"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"1234"), "truncated"),
-        (lambda p: _with_header(p, {"t": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"12345678"), "spans 8 bytes"),
-        (lambda p: _with_header(p, {"t": {"dtype": "F32", "shape": "x", "data_offsets": [0, 8]}}, b"12345678"), "bad entry"),
+        (lambda p: _with_header(p, _f32_entry([2], [0, 8]), b"1234"), "truncated"),
+        (lambda p: _with_header(p, _f32_entry([3], [0, 8]), b"12345678"), "spans 8 bytes"),
+        (lambda p: _with_header(p, _f32_entry("x", [0, 8]), b"12345678"), "bad entry"),
         (lambda p: _with_header(p, {"__metadata__": {"a": 1}}, b""), "must map strings to strings"),
     ],
 )
@@ -175,7 +183,7 @@ def test_malformed_safetensors_are_refused(tmp_path: Path, make: object, message
 def test_truncated_real_file_is_refused(tmp_path: Path) -> None:
     path = make_artifact(tmp_path / "a.safetensors")
     path.write_bytes(path.read_bytes()[:-3])
-    with pytest.raises(InvalidArtifactError, match="truncated"):
+    with pytest.raises(InvalidArtifactError, match=r"truncated"):
         read_safetensors_metadata(path)
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_store_fixtures as fx
 from safetensors import safe_open
-from test_store_fixtures import WEIGHTS_SHA, db_url, make_artifact, sqlite_store, store  # noqa: F401
+from test_store_fixtures import WEIGHTS_SHA, make_artifact
 
 from store import (
     BackboneMismatchError,
@@ -18,6 +19,11 @@ from store import (
     read_safetensors_metadata,
 )
 from store.artifacts import read_safetensors_header
+
+# Shared fixtures, bound here so they take precedence over same-named conftest fixtures.
+db_url = fx.db_url
+sqlite_store = fx.sqlite_store
+store = fx.store
 
 
 def _export(store: TaskStore, tmp_path: Path) -> tuple[Path, Path]:
@@ -45,14 +51,14 @@ def test_export_is_self_describing_and_readable_by_safetensors(store: TaskStore,
     with safe_open(str(exported), framework="numpy") as exp, safe_open(str(artifact), framework="numpy") as src:
         assert exp.metadata() == metadata
         assert set(exp.keys()) == set(src.keys())
-        for key in src.keys():
+        for key in src.keys():  # noqa: SIM118 (safe_open handles are not dicts)
             np.testing.assert_array_equal(exp.get_tensor(key), src.get_tensor(key))
 
 
 def test_round_trip_into_another_store(store: TaskStore, tmp_path: Path) -> None:
     artifact, exported = _export(store, tmp_path)
     with TaskStore(tmp_path / "elsewhere") as other:
-        with pytest.raises(BackboneMismatchError, match="backbone 'vit-tiny' .* is not registered; register it"):
+        with pytest.raises(BackboneMismatchError, match=r"backbone 'vit-tiny' .* is not registered; register it"):
             other.import_version(exported)
         other.register_backbone("vit-tiny", "vit_tiny_patch16_224", WEIGHTS_SHA, {"img_size": 32})
         other.register_task("digits", "vit-tiny", ["0", "1", "2"])
@@ -82,10 +88,10 @@ def test_import_refuses_other_weights_and_other_classes(sqlite_store: TaskStore,
     _, exported = _export(sqlite_store, tmp_path)
     with TaskStore(tmp_path / "elsewhere") as other:
         other.register_backbone("vit-tiny", "vit_tiny_patch16_224", "ee" * 32, {})
-        with pytest.raises(BackboneMismatchError, match=f"has weights sha256 {'ee' * 32} here, but .* {WEIGHTS_SHA}"):
+        with pytest.raises(BackboneMismatchError, match=rf"has weights sha256 {'ee' * 32} here, but .* {WEIGHTS_SHA}"):
             other.import_version(exported)
     sqlite_store.register_task("other-classes", "vit-tiny", ["a", "b", "c"])
-    with pytest.raises(InvalidStateError, match="task 'other-classes' has classes"):
+    with pytest.raises(InvalidStateError, match=r"task 'other-classes' has classes"):
         sqlite_store.import_version(exported, task_name="other-classes")
 
 
@@ -93,9 +99,9 @@ def test_import_refuses_malformed_files(sqlite_store: TaskStore, tmp_path: Path)
     _, exported = _export(sqlite_store, tmp_path)
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(exported.read_bytes()[:-5])
-    with pytest.raises(InvalidArtifactError, match="truncated"):
+    with pytest.raises(InvalidArtifactError, match=r"truncated"):
         sqlite_store.import_version(truncated)
     plain = make_artifact(tmp_path / "plain.safetensors")
-    with pytest.raises(InvalidArtifactError, match="is not a continual-mem export"):
+    with pytest.raises(InvalidArtifactError, match=r"is not a continual-mem export"):
         sqlite_store.import_version(plain)
     assert [v.number for v in sqlite_store.list_versions("digits")] == [1]

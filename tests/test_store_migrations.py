@@ -8,15 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import test_store_fixtures as fx
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
-from test_store_fixtures import db_url  # noqa: F401
 
 from store import SchemaVersionError, TaskStore
 from store.db import READ_ONLY, alembic_config, current_revision, head_revision, make_engine, upgrade
 from store.models import Base
+
+# Shared fixtures, bound here so they take precedence over same-named conftest fixtures.
+db_url = fx.db_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STORE_TABLES = set(Base.metadata.tables)
@@ -61,7 +64,7 @@ def test_older_schema_is_explained_or_upgraded(db_url: str, tmp_path: Path) -> N
         TaskStore(tmp_path / "home", db_url=db_url, upgrade=False)
     upgrade(db_url)
     command.downgrade(alembic_config(db_url=db_url), "base")
-    with pytest.raises(SchemaVersionError, match="run `cmem db upgrade`"):
+    with pytest.raises(SchemaVersionError, match=r"run `cmem db upgrade`"):
         TaskStore(tmp_path / "home", db_url=db_url, upgrade=False)
     with TaskStore(tmp_path / "home", db_url=db_url) as store:  # upgrade=True migrates it
         assert store.list_tasks() == []
@@ -75,7 +78,7 @@ def test_newer_schema_is_refused(db_url: str, tmp_path: Path) -> None:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff_from_the_future'")
     engine.dispose()
     for allow_upgrade in (True, False):
-        with pytest.raises(SchemaVersionError, match="the code is older than the database") as err:
+        with pytest.raises(SchemaVersionError, match=r"the code is older than the database") as err:
             TaskStore(tmp_path / "home", db_url=db_url, upgrade=allow_upgrade)
         assert "'ffff_from_the_future'" in str(err.value)
 

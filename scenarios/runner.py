@@ -1,0 +1,255 @@
+"""Run strategies on a scenario: the same backbone, data, budget and seed for every one.
+
+`run_strategy` trains experience by experience and, after each, evaluates the experiences seen so
+far through Avalanche's EvaluationPlugin: row i of the accuracy matrix. Metrics are defined in
+`scenarios.metrics`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from . import avalanche_deprecations_dropped, quiet_avalanche
+from .benchmarks import Protocol, Scenario, ScenarioError
+from .metrics import (
+    BWT_KEY,
+    FORGETTING_KEY,
+    CosineSchedule,
+    TrainableCounter,
+    accuracy_row,
+    average_accuracy,
+    make_evaluator,
+    passes_to_serve_all,
+    pretrained_keys,
+    stored_bytes,
+    task_id_accuracies,
+)
+from .strategy import DEFAULT_ROUTE, HEAD_CLASS, HEAD_ONLY, AdapterVariant, Route
+
+quiet_avalanche()
+
+ADAPTER_STRATEGIES = ("memory", "head-only", "head-class")
+FINETUNE_STRATEGIES = ("naive", "ewc", "lwf", "replay", "cumulative")
+STRATEGIES = (*ADAPTER_STRATEGIES, "full-ft", *FINETUNE_STRATEGIES, "l2p", "ncm")
+MEMORY_SIZES = (1, 5, 10, 20)
+#: Strategies that need the task label at test (per-task models) or that only exist without one.
+ONLY_PROTOCOL: dict[str, Protocol] = {"full-ft": "task", "l2p": "class"}
+PROBE_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy name, plus the memory size for `memory`."""
+
+    name: str
+    memory: int = 5
+
+    def __post_init__(self) -> None:
+        if self.name not in STRATEGIES:
+            raise ScenarioError(f"unknown strategy {self.name!r} (known: {', '.join(STRATEGIES)}, memory-M)")
+        if self.name == "memory" and self.memory < 1:
+            raise ScenarioError(f"memory size must be >= 1, got {self.memory}")
+
+    @classmethod
+    def parse(cls, text: str, memory: int | None = None) -> "StrategySpec":
+        """`memory-10`, `memory` (with `memory` or 5 tokens), or any other strategy name."""
+        name, _, size = text.partition("-")
+        if name == "memory" and size:
+            try:
+                return cls("memory", int(size))
+            except ValueError:
+                raise ScenarioError(f"bad memory strategy {text!r}; expected memory-M") from None
+        return cls(text, memory if memory is not None else 5)
+
+    @property
+    def label(self) -> str:
+        return f"memory-{self.memory}" if self.name == "memory" else self.name
+
+    def supports(self, protocol: Protocol) -> bool:
+        return ONLY_PROTOCOL.get(self.name, protocol) == protocol
+
+    @property
+    def variant(self) -> AdapterVariant:
+        return {"memory": AdapterVariant(self.memory), "head-only": HEAD_ONLY, "head-class": HEAD_CLASS}[self.name]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training budget shared by every strategy of a comparison.
+
+    One schedule for all (AdamW, cosine from the base rate to 0 within each experience, same
+    epochs, batch size and seed); the base rate depends on what is trained: task adapters and L2P
+    prompts learn from scratch and take a high rate, fine-tuning a whole pretrained ViT a low one.
+    NCM is fitted in one pass over the data, without gradients.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    lr_adapter: float = 1e-2
+    lr_prompt: float = 1e-2
+    lr_finetune: float = 1e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def lr_for(self, spec: StrategySpec) -> float:
+        if spec.name in ADAPTER_STRATEGIES:
+            return self.lr_adapter
+        return self.lr_prompt if spec.name == "l2p" else self.lr_finetune
+
+
+QUICK_BUDGET = Budget(epochs=1)
+
+
+@dataclass
+class RunResult:
+    """One strategy on one scenario: the accuracy matrix (row i: after experience i) and metrics."""
+
+    scenario: str
+    strategy: str
+    protocol: Protocol
+    accuracy_matrix: list[list[float]]
+    metrics: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunResult":
+        keys = {"scenario", "strategy", "protocol", "accuracy_matrix", "metrics", "config", "wall_time_s"}
+        return cls(**{k: v for k, v in data.items() if k in keys})
+
+
+def build_strategy(
+    spec: StrategySpec,
+    scenario: Scenario,
+    backbone: VisionTransformer,
+    budget: Budget,
+    device: str = "cpu",
+    route: Route = DEFAULT_ROUTE,
+):
+    """The Avalanche strategy of `spec` on `backbone` (which it may train: pass a copy)."""
+    from .baselines import NCMModel, NCMStrategy, finetune_model, finetune_strategy, per_task_finetune_strategy
+    from .strategy import MemoryTokenModel, MemoryTokenStrategy
+
+    if not spec.supports(scenario.protocol):
+        raise ScenarioError(f"{spec.label} runs in the {ONLY_PROTOCOL[spec.name]} protocol only")
+    lr = budget.lr_for(spec)
+    common: dict[str, Any] = dict(
+        train_mb_size=budget.batch_size,
+        train_epochs=budget.epochs,
+        eval_mb_size=budget.eval_batch_size,
+        device=device,
+        evaluator=make_evaluator(),
+        plugins=[TrainableCounter(), CosineSchedule(lr)],
+    )
+    if spec.name in ADAPTER_STRATEGIES:
+        model = MemoryTokenModel(backbone, spec.variant, scenario.protocol, route)
+        return MemoryTokenStrategy(model=model, lr=lr, weight_decay=budget.weight_decay, **common)
+    if spec.name == "full-ft":
+        return per_task_finetune_strategy(backbone, lr, budget.weight_decay, **common)
+    if spec.name in FINETUNE_STRATEGIES:
+        return finetune_strategy(spec.name, finetune_model(backbone, scenario.protocol), lr, budget.weight_decay, **common)
+    if spec.name == "l2p":
+        from .l2p import BackboneL2P
+
+        num_classes = len(scenario.class_names)
+        return BackboneL2P(backbone=backbone, num_classes=num_classes, lr=lr, **common)
+    common.update(train_epochs=1, plugins=[TrainableCounter()])
+    return NCMStrategy(model=NCMModel(backbone, scenario.protocol), **common)
+
+
+def _probe(scenario: Scenario, device: str) -> tuple[torch.Tensor, Any]:
+    """A few test images, and the experience they come from."""
+    experience = scenario.benchmark.test_stream[0]
+    dataset = experience.dataset
+    return torch.stack([dataset[i][0] for i in range(min(PROBE_IMAGES, len(dataset)))]).to(device), experience
+
+
+def run_strategy(
+    scenario: Scenario,
+    spec: StrategySpec,
+    backbone: VisionTransformer,
+    budget: Budget = Budget(),
+    device: str = "cpu",
+    route: Route = DEFAULT_ROUTE,
+    progress: bool | None = None,
+    after_experience: Callable[[int, Any], None] | None = None,
+) -> RunResult:
+    """Train `spec` through the scenario's experiences; evaluate the seen ones after each.
+
+    `after_experience(i, strategy)` runs after experience i's evaluation (tests use it to look at
+    the model). `progress=None` shows a progress bar on terminals only.
+    """
+    from avalanche.training.determinism.rng_manager import RNGManager
+    from tqdm.auto import tqdm
+
+    RNGManager.set_random_seeds(budget.seed)
+    free = pretrained_keys(backbone)
+    strategy = build_strategy(spec, scenario, copy.deepcopy(backbone), budget, device, route)
+    train_stream, test_stream = scenario.benchmark.train_stream, scenario.benchmark.test_stream
+    matrix: list[list[float]] = []
+    train_time = eval_time = 0.0
+    metrics: dict[str, float] = {}
+    start = time.perf_counter()
+    bar = tqdm(
+        list(train_stream), desc=f"{scenario.name}/{scenario.protocol}/{spec.label}", unit="exp",
+        disable=None if progress is None else not progress, leave=False,
+    )
+    for i, experience in enumerate(bar):
+        t0 = time.perf_counter()
+        with avalanche_deprecations_dropped():
+            strategy.train(experience)
+        t1 = time.perf_counter()
+        strategy.evaluator.reset_last_metrics()
+        metrics = strategy.eval(test_stream[: i + 1])
+        eval_time += time.perf_counter() - t1
+        train_time += t1 - t0
+        matrix.append(accuracy_row(metrics, i + 1))
+        bar.set_postfix(acc=f"{average_accuracy(matrix):.3f}")
+        if after_experience is not None:
+            after_experience(i, strategy)
+    wall = time.perf_counter() - start
+    n = scenario.n_experiences
+    stored = stored_bytes(strategy, free)
+    task_ids = task_id_accuracies(metrics)
+    counter = next(p for p in strategy.plugins if isinstance(p, TrainableCounter))
+    summary: dict[str, Any] = {
+        "average_accuracy": average_accuracy(matrix),
+        "forgetting": float(metrics.get(FORGETTING_KEY, 0.0)),
+        "bwt": float(metrics.get(BWT_KEY, 0.0)),
+        "task_id_accuracy": task_ids.get(route),
+        "task_id_accuracy_by_route": task_ids or None,
+        "trainable_params_per_task": sum(counter.per_experience) / n,
+        "stored_bytes_per_task": stored.total / n,
+        "serving_bytes_per_task": stored.serving / n,
+        "learning_bytes_per_task": stored.learning / n,
+        "backbone_passes_to_serve_all": passes_to_serve_all(strategy, *_probe(scenario, device)),
+        "train_time_s": train_time,
+        "eval_time_s": eval_time,
+    }
+    config = {
+        **scenario.describe(),
+        "strategy": spec.label,
+        "budget": asdict(budget),
+        "lr": budget.lr_for(spec),
+        "route": route if scenario.protocol == "class" and spec.name in ADAPTER_STRATEGIES else None,
+        "device": device,
+    }
+    return RunResult(scenario.name, spec.label, scenario.protocol, matrix, summary, config, wall)
+
+
+def compare_specs(protocol: Protocol, memory_sizes: Sequence[int] = MEMORY_SIZES) -> list[StrategySpec]:
+    """Every strategy that runs in `protocol`: memory sizes, the paper's columns, the baselines."""
+    specs = [StrategySpec("memory", m) for m in memory_sizes]
+    specs += [StrategySpec(name) for name in STRATEGIES if name != "memory"]
+    return [s for s in specs if s.supports(protocol)]
