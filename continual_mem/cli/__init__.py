@@ -115,10 +115,10 @@ def _register_commands() -> None:
         for command in module.COMMANDS:
             cli.add_command(command)
     try:  # TEMP until scenarios/cli.py lands
-        from scenarios.cli import scenario
+        from scenarios.cli import scenario_group
     except ImportError:
         return
-    cli.add_command(scenario)
+    cli.add_command(scenario_group)
 
 
 _register_commands()
