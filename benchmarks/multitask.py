@@ -79,7 +79,7 @@ def bench_model(name: str, tasks: list[int], batch: int, memory: int, repeats: i
         result["reuse"] = {}
         for t in tasks:
             names = [f"t{i}" for i in range(t)]
-            seconds = single if t == 1 else median_time(lambda: reuse.forward_reuse(x, names), repeats)
+            seconds = single if t == 1 else median_time(lambda names=names: reuse.forward_reuse(x, names), repeats)
             result["reuse"][t] = {
                 "one_pass_s": seconds,
                 "separate_passes_s": single * t,

@@ -277,13 +277,29 @@ def synthetic(
     return _select_classes(data, classes)
 
 
+def read_rgb(path: Path) -> Tensor | None:
+    """An image file as (3, H, W) floats in [0, 1] (grayscale/RGBA converted); None if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def stack_square(images: Sequence[Tensor]) -> Tensor:
+    """Images of any sizes as one (N, 3, S, S) batch, S the largest side (the model resizes after)."""
+    side = max(max(i.shape[-2:]) for i in images)
+    return torch.stack([resize_square(i, side) for i in images])
+
+
 def load_image_folder(root: Path, skip_bad: bool = False) -> LabeledImages:
     """A folder with one sub-folder per class; grayscale/RGBA images become RGB.
 
     Unreadable images are refused with their paths, or skipped with `skip_bad`.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if not root.exists():
         raise DataError(f"data directory {root} does not exist")
     if not root.is_dir():
@@ -291,30 +307,27 @@ def load_image_folder(root: Path, skip_bad: bool = False) -> LabeledImages:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"data directory {root} has no class sub-folders")
-    arrays, labels, bad = [], [], []
+    images, labels, bad = [], [], []
     for label, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"class folder {class_dir} holds no images")
         for path in files:
-            try:
-                with Image.open(path) as img:
-                    arrays.append(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
-                    labels.append(label)
-            except (UnidentifiedImageError, OSError, ValueError):
+            image = read_rgb(path)
+            if image is None:
                 bad.append(str(path))
+            else:
+                images.append(image)
+                labels.append(label)
     if bad and not skip_bad:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise DataError(f"{len(bad)} unreadable image(s): {shown} (use --skip-bad to skip them)")
-    if not arrays:
+    if not images:
         raise DataError(f"data directory {root} holds no readable images")
-    images = [_resize_chw(torch.from_numpy(a).permute(2, 0, 1), max(a.shape[:2])) for a in arrays]
-    side = max(i.shape[-1] for i in images)
-    stacked = torch.stack([_resize_chw(i, side) for i in images])
-    return LabeledImages(stacked, torch.tensor(labels), [p.name for p in class_dirs], str(root))
+    return LabeledImages(stack_square(images), torch.tensor(labels), [p.name for p in class_dirs], str(root))
 
 
-def _resize_chw(image: Tensor, side: int) -> Tensor:
+def resize_square(image: Tensor, side: int) -> Tensor:
     if image.shape[-2:] == (side, side):
         return image
     return F.interpolate(image.unsqueeze(0), size=(side, side), mode="bilinear", align_corners=False)[0]

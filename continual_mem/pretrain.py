@@ -7,12 +7,13 @@ from every downstream source (digits, dot counting). Results shown with it say s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,8 @@ def demo_backbone(cache_dir: Path | None = None, config: PretrainConfig = Pretra
     Loads through timm's real local-weights path, so the cached file is used like any other.
     """
     cache_dir = Path(cache_dir or os.environ.get("CMEM_CACHE", Path.home() / ".cache" / "continual-mem"))
-    path = cache_dir / f"demo-backbone-{config.seed}-{config.epochs}.safetensors"
+    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    path = cache_dir / f"demo-backbone-{digest}.safetensors"
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         model, _ = pretrain_backbone(config)

@@ -244,10 +244,7 @@ def predict(loaded: LoadedTasks, images: torch.Tensor, top_k: int = 3, batch_siz
 
 def load_image_files(paths: Sequence[Path]) -> tuple[list[Path], torch.Tensor]:
     """Image files (directories are searched) as one (N, 3, S, S) batch in [0, 1]."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    from .data import IMAGE_SUFFIXES, DataError, _resize_chw
+    from .data import IMAGE_SUFFIXES, DataError, read_rgb, stack_square
 
     files: list[Path] = []
     for p in paths:
@@ -260,15 +257,13 @@ def load_image_files(paths: Sequence[Path]) -> tuple[list[Path], torch.Tensor]:
             files.append(p)
         else:
             raise DataError(f"image {p} does not exist")
-    arrays = []
+    images = []
     for f in files:
-        try:
-            with Image.open(f) as img:
-                arrays.append(torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1))
-        except (UnidentifiedImageError, OSError, ValueError):
-            raise DataError(f"cannot read image {f}") from None
-    side = max(max(a.shape[-2:]) for a in arrays)
-    return files, torch.stack([_resize_chw(a, side) for a in arrays])
+        image = read_rgb(f)
+        if image is None:
+            raise DataError(f"cannot read image {f}")
+        images.append(image)
+    return files, stack_square(images)
 
 
 # ------------------------------------------------------------------------------------ evaluation

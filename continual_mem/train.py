@@ -27,11 +27,11 @@ from .model import MemoryViT
 class TrainConfig:
     """How one task is trained. `steps`, when given, overrides `epochs`."""
 
-    epochs: int = 5
+    epochs: int = 10
     steps: int | None = None
-    lr: float = 3e-3
+    lr: float = 2e-2
     weight_decay: float = 0.0
-    batch_size: int = 64
+    batch_size: int = 32
     seed: int = 0
     device: str = "cpu"
     amp: bool = False

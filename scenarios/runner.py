@@ -93,8 +93,8 @@ class Budget:
     epochs: int = 10
     batch_size: int = 32
     eval_batch_size: int = 256
-    lr_adapter: float = 1e-2
-    lr_prompt: float = 1e-2
+    lr_adapter: float = 3e-2
+    lr_prompt: float = 3e-2
     lr_finetune: float = 1e-4
     weight_decay: float = 0.0
     seed: int = 0

@@ -15,22 +15,26 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event, make_url
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from store.errors import SchemaVersionError
+
+if TYPE_CHECKING:  # alembic is imported only to migrate or to explain a mismatch (it is slow to import)
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Execution option that makes a SQLite transaction start deferred (read-only use).
 READ_ONLY = {"cmem_read_only": True}
 _PG_TRANSIENT_CODES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+#: The newest migration in alembic/versions; a test keeps it equal to alembic's head. Opening a
+#: store whose database is at this revision then needs no alembic import (start-up time).
+SCHEMA_REVISION = "0001"
 
 
 def make_engine(db_url: str) -> Engine:
@@ -78,6 +82,8 @@ def alembic_config(db_url: str | None = None, connection: Connection | None = No
     The URL travels in ``Config.attributes`` (not the ini options) because ini
     interpolation would mangle ``%``-escapes in URLs.
     """
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(ALEMBIC_DIR))
     if db_url is not None:
@@ -89,6 +95,8 @@ def alembic_config(db_url: str | None = None, connection: Connection | None = No
 
 @lru_cache(maxsize=1)
 def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
 
 
@@ -124,8 +132,10 @@ def ensure_schema(engine: Engine, upgrade: bool) -> None:
     A revision unknown to this code can only come from newer code, so it is
     refused even when upgrading is allowed.
     """
-    head = head_revision()
     current = _current_revision(engine)
+    if current == SCHEMA_REVISION:
+        return
+    head = head_revision()
     if current == head:
         return
     if current is not None and not _is_known(current):
@@ -140,6 +150,8 @@ def ensure_schema(engine: Engine, upgrade: bool) -> None:
 
 
 def _is_known(revision: str) -> bool:
+    from alembic.util import CommandError
+
     try:
         return _script().get_revision(revision) is not None
     except CommandError:  # alembic's wording for "can't locate revision"
@@ -147,13 +159,22 @@ def _is_known(revision: str) -> bool:
 
 
 def _current_revision(engine: Engine) -> str | None:
+    """The revision in alembic's `alembic_version` table, read without importing alembic."""
     with engine.execution_options(**READ_ONLY).connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        try:
+            rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        except (OperationalError, ProgrammingError):  # no such table: an empty database
+            return None
+        if len(rows) > 1:
+            raise SchemaVersionError(f"the database is stamped with {len(rows)} revisions ({', '.join(rows)})")
+        return rows[0] if rows else None
 
 
 def _upgrade(engine: Engine, revision: str) -> None:
     # alembic/env.py runs the migrations on this connection in one transaction
     # (BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL), so processes
     # that start at once on a fresh database upgrade it exactly once.
+    from alembic import command
+
     with engine.connect() as conn:
         command.upgrade(alembic_config(connection=conn), revision)

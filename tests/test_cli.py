@@ -341,3 +341,18 @@ def test_torchrun_two_processes_match_one(home) -> None:
     for key in one:
         assert torch.allclose(two[key], one[key], atol=1e-5), key
     assert any(not torch.equal(two[k], load_file(str(TaskStore(home).artifact_path("low@1")))[k]) for k in one)
+
+
+def test_demo_runs_the_whole_job(tmp_path) -> None:
+    """The README's main job, shortened: pretrain, 3 tasks, deploy, one-pass predict, deployed."""
+    out = run(tmp_path, "demo", "--epochs", "1", "--pretrain-epochs", "1").output
+    assert "3 tasks answered with 1 backbone pass(es) per batch" in out
+    with TaskStore(tmp_path) as store:
+        deployed = store.deployed("production")
+        backbone = store.get_backbone("demo-vit")
+    assert sorted(e.task for e in deployed) == ["digits-high", "digits-low", "dots"]
+    assert all(e.version == 1 and e.mode == "reuse" for e in deployed)
+    assert backbone.config["source"] == "pretrained here on builtin:shapes"
+    again = run(tmp_path, "demo", "--epochs", "1").output
+    assert "demo-vit is already in the store: reused" in again
+    assert "digits-low@2" in again

@@ -94,3 +94,10 @@ def test_alembic_command_line(tmp_path: Path) -> None:
     subprocess.run([*alembic, "downgrade", "base"], cwd=REPO_ROOT, env={**env, "CMEM_DB_URL": url}, check=True,
                    capture_output=True)  # fmt: skip
     assert current_revision(url) is None
+
+
+def test_schema_revision_constant_is_alembic_head() -> None:
+    """`store.db.SCHEMA_REVISION` lets an up-to-date store open without importing alembic."""
+    from store.db import SCHEMA_REVISION
+
+    assert SCHEMA_REVISION == head_revision()

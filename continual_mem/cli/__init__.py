@@ -114,10 +114,8 @@ def _register_commands() -> None:
     for module in (store_commands, model_commands, demo):
         for command in module.COMMANDS:
             cli.add_command(command)
-    try:  # TEMP until scenarios/cli.py lands
-        from scenarios.cli import scenario_group
-    except ImportError:
-        return
+    from scenarios.cli import scenario_group
+
     cli.add_command(scenario_group)
 
 

@@ -23,10 +23,11 @@ def _step(message: str) -> None:
 
 
 @click.command()
-@click.option("--epochs", type=int, default=5, show_default=True, help="Training epochs per task.")
+@click.option("--epochs", type=int, default=10, show_default=True, help="Training epochs per task.")
 @click.option("--memory", type=int, default=5, show_default=True, help="Memory tokens per layer.")
+@click.option("--pretrain-epochs", type=int, default=None, help="Backbone pretraining epochs (default: the demo's).")
 @pass_app
-def demo(app: App, epochs: int, memory: int) -> None:
+def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> None:
     """Pretrain a tiny ViT, grow it into 3 tasks, deploy them and answer all of them in one pass."""
     started = time.perf_counter()
     store = app.open_store(create=True)
@@ -40,7 +41,7 @@ def demo(app: App, epochs: int, memory: int) -> None:
     if any(b.name == DEMO_BACKBONE for b in store.list_backbones()):
         click.echo(f"{DEMO_BACKBONE} is already in the store: reused")
     else:
-        config = _pretrain_config(None, {}, None, None, None, None, 0)
+        config = _pretrain_config(None, {}, None, pretrain_epochs, None, None, 0)
         click.echo(f"No model hub here: pretraining {config.model_name} {dict(config.model_kwargs)} on {config.data} "
                    "(generated shapes, disjoint from every task below)")  # fmt: skip
         pretrain_backbone_with_progress(store, DEMO_BACKBONE, config)

@@ -115,10 +115,10 @@ def pretrain_backbone_with_progress(store, name, config):  # type: ignore[no-unt
 @click.option("--data", "data_source", required=True, help="Image folder, builtin:digits[?classes=..], builtin:synthetic.")
 @click.option("--memory", type=int, default=5, show_default=True, help="Memory tokens per layer.")
 @click.option("--mode", type=click.Choice(["reuse", "full"]), default="reuse", show_default=True)
-@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--steps", type=int, default=None, help="Train this many steps instead of --epochs.")
-@click.option("--lr", type=float, default=3e-3, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=2e-2, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--val-split", type=float, default=0.1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
@@ -129,11 +129,8 @@ def pretrain_backbone_with_progress(store, name, config):  # type: ignore[no-unt
 def task_train(app: App, name: str, data_source: str, memory: int, mode: str, epochs: int, steps: int | None, lr: float,
                batch_size: int, val_split: float, seed: int, device: str, amp: bool, skip_bad: bool, as_json: bool) -> None:  # fmt: skip
     """Train a new version of task NAME (runs unchanged under torchrun)."""
-    from continual_mem.errors import ContinualMemError
-
-    if memory < 1:
-        raise click.ClickException(f"--memory must be at least 1, got {memory}")
     from continual_mem import service
+    from continual_mem.errors import ContinualMemError
     from continual_mem.train import TrainConfig, init_distributed
 
     _check_device(device)

@@ -1,0 +1,80 @@
+"""Building backbones: local weight files through timm's loader, the hub refused offline, fingerprints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_vit
+from safetensors.torch import save_file
+
+from continual_mem.backbone import backbone_config, create_backbone, fingerprint
+from continual_mem.errors import BackboneLoadError
+
+TINY = dict(img_size=16, patch_size=4, depth=2, embed_dim=48, num_heads=3)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    vit = tiny_vit(**{k: v for k, v in TINY.items() if k in ("img_size", "patch_size")}, num_classes=4)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    return vit, path
+
+
+def test_local_safetensors_and_pth_load_the_same_weights(saved, tmp_path) -> None:
+    vit, path = saved
+    pth = tmp_path / "w.pth"
+    torch.save(vit.state_dict(), pth)
+    for weights in (path, pth):
+        loaded = create_backbone("vit_tiny_patch16_224", weights=weights, **TINY)
+        assert loaded.num_classes == 4  # the file's head is kept
+        assert fingerprint(loaded) == fingerprint(vit)
+    exact = create_backbone("vit_tiny_patch16_224", weights=path, exact=True, num_classes=4, **TINY)
+    assert fingerprint(exact) == fingerprint(vit)
+
+
+def test_another_head_size_is_dropped_by_timm_and_positions_resampled(saved) -> None:
+    vit, path = saved
+    other = create_backbone("vit_tiny_patch16_224", weights=path, num_classes=9, **{**TINY, "img_size": 24})
+    assert other.num_classes == 9 and other.pos_embed.shape[1] == 1 + 6 * 6
+    assert torch.equal(other.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
+
+
+def test_fingerprint_sees_every_weight(saved) -> None:
+    vit, _ = saved
+    before = fingerprint(vit)
+    with torch.no_grad():
+        vit.blocks[1].mlp.fc2.bias[3] += 1e-6
+    assert fingerprint(vit) != before and len(before) == 64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(weights="/nonexistent/w.safetensors"), "does not exist"),
+        (dict(pretrained=True), "the model hub"),
+    ],
+)
+def test_loading_errors_are_clear(kwargs, message) -> None:
+    with pytest.raises(BackboneLoadError, match=message):
+        create_backbone("vit_tiny_patch16_224", **TINY, **kwargs)
+
+
+def test_wrong_suffix_unknown_model_and_mismatched_exact_file(saved, tmp_path) -> None:
+    _, path = saved
+    odd = tmp_path / "w.txt"
+    odd.write_text("hello")
+    with pytest.raises(BackboneLoadError, match="suffix '.txt'"):
+        create_backbone("vit_tiny_patch16_224", weights=odd)
+    with pytest.raises(BackboneLoadError, match="no model named 'vit_nope'"):
+        create_backbone("vit_nope")
+    with pytest.raises(BackboneLoadError, match="cannot load"):
+        create_backbone("vit_tiny_patch16_224", weights=path, exact=True, num_classes=4, **{**TINY, "depth": 3})
+
+
+def test_backbone_config_describes_the_model(saved) -> None:
+    vit, _ = saved
+    assert backbone_config(vit) == {
+        "img_size": 16, "patch_size": 4, "in_chans": 3, "depth": 2, "embed_dim": 48,
+        "num_heads": 3, "reg_tokens": 0, "num_classes": 4,
+    }  # fmt: skip

@@ -1,0 +1,95 @@
+"""Data sources: built-ins, image folders, the backbone's input transform."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_vit
+from PIL import Image
+
+from continual_mem.data import (
+    DataError,
+    InputSpec,
+    digits,
+    load_source,
+    split_train_val,
+    synthetic,
+)
+
+
+def test_digits_are_the_real_scikit_learn_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    data = load_source("builtin:digits")
+    assert data.images.shape == (1797, 1, 8, 8) and data.images.dtype == torch.float32
+    assert torch.equal(data.labels, torch.tensor(load_digits().target))
+    assert data.images.min() == 0.0 and data.images.max() == 1.0
+
+
+def test_class_subsets_are_relabelled_in_the_given_order() -> None:
+    data = load_source("builtin:digits?classes=7,2")
+    full = digits()
+    assert data.class_names == ["7", "2"]
+    assert int((data.labels == 0).sum()) == int((full.labels == 7).sum())
+    assert torch.equal(data.images[data.labels == 1], full.images[full.labels == 2])
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("builtin:nope", "unknown built-in data set 'nope'"),
+        ("builtin:digits?classes=3,11", "classes must be distinct ids in 0..9"),
+        ("builtin:digits?classes=3,3", "classes must be distinct"),
+        ("builtin:digits?colour=red", "unknown option"),
+        ("builtin:synthetic?n=many", "bad options"),
+    ],
+)
+def test_bad_builtin_specs_are_refused(spec: str, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        load_source(spec)
+
+
+def test_generated_data_is_deterministic_and_float32() -> None:
+    a, b = synthetic(n_per_class=3, seed=1), synthetic(n_per_class=3, seed=1)
+    assert torch.equal(a.images, b.images) and a.images.dtype == torch.float32
+    assert len(a.class_names) == 10 and a.images.shape == (30, 1, 32, 32)
+    assert not torch.equal(a.images, synthetic(n_per_class=3, seed=2).images)
+    shapes = load_source("builtin:shapes?n=2")
+    glyphs = load_source("builtin:glyphs?n=2")
+    assert shapes.images.dtype == glyphs.images.dtype == torch.float32 and len(glyphs.class_names) == 64
+
+
+def test_image_folder_converts_grey_and_rgba_and_refuses_or_skips_bad_files(tmp_path) -> None:
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "dog").mkdir()
+    Image.fromarray(np.full((10, 12), 255, np.uint8), mode="L").save(tmp_path / "cat" / "grey.png")
+    Image.fromarray(np.zeros((6, 6, 4), np.uint8), mode="RGBA").save(tmp_path / "dog" / "rgba.png")
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(DataError, match="1 unreadable image.*broken.jpg.*--skip-bad"):
+        load_source(str(tmp_path))
+    data = load_source(str(tmp_path), skip_bad=True)
+    assert data.class_names == ["cat", "dog"] and data.labels.tolist() == [0, 1]
+    assert data.images.shape == (2, 3, 12, 12)
+    assert torch.allclose(data.images[0], torch.ones(3, 12, 12)) and data.images[1].abs().max() == 0
+
+
+def test_input_spec_follows_the_backbone() -> None:
+    vit = tiny_vit(img_size=16, patch_size=4)
+    spec = InputSpec.from_backbone(vit)
+    out = spec(digits([0, 1]).images[:4])
+    assert out.shape == (4, 3, 16, 16)
+    assert spec.img_size == 16 and len(spec.mean) == 3
+    vit(out)  # the backbone accepts it
+
+
+def test_split_is_stratified_and_seeded() -> None:
+    data = digits([0, 1])
+    train, val = split_train_val(data, 0.2, seed=3)
+    train2, val2 = split_train_val(data, 0.2, seed=3)
+    assert torch.equal(val.labels, val2.labels) and torch.equal(train.images, train2.images)
+    assert len(train) + len(val) == len(data)
+    for c in (0, 1):
+        assert int((val.labels == c).sum()) == round(int((data.labels == c).sum()) * 0.2)
+    with pytest.raises(DataError, match="validation split"):
+        split_train_val(data, 1.5, seed=0)
