@@ -1,9 +1,10 @@
 """How much does serving T tasks cost? One reuse pass vs separate passes vs plain timm (issue 2).
 
 CPU timings with random weights (timing does not depend on them), median of repeats:
-  * reuse pass serving T tasks (m memory tokens each), T in --tasks;
+  * reuse pass serving T tasks (m memory tokens each), T in --tasks: what `cmem predict` runs,
+    task logits only (`backbone_outputs=False`: the frozen model's own head is not computed);
   * T separate single-task passes: the single-task pass measured, times T (separate passes are
-    independent and cost the same each; `--measure-separate N` also times N of them back to back);
+    independent and cost the same each; 4 of them are also timed back to back as a check);
   * T passes of plain timm: plain forward times T;
   * a full-mode forward (m tokens) vs plain timm;
   * one reuse-mode training step vs one full-mode training step (forward, backward, AdamW).
@@ -30,15 +31,18 @@ from continual_mem.adapter import BackboneIdentity  # noqa: E402
 from continual_mem.model import MemoryViT  # noqa: E402
 
 
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each callable, timed round-robin so that load on the machine hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def build(model_name: str, num_tasks: int, memory: int, mode: str) -> MemoryViT:
@@ -50,56 +54,47 @@ def build(model_name: str, num_tasks: int, memory: int, mode: str) -> MemoryViT:
     return model.eval()
 
 
-def train_step_time(model: MemoryViT, task: str, x: torch.Tensor, repeats: int) -> float:
-    params = model.task_parameters(task)
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
+def train_step(model: MemoryViT, task: str, x: torch.Tensor) -> Callable[[], None]:
+    """One optimizer step on the task's parameters (forward, backward, AdamW)."""
+    optimizer = torch.optim.AdamW(model.task_parameters(task), lr=1e-3)
     y = torch.arange(x.shape[0]) % 10
-    model.train()
 
     def step() -> None:
+        model.train()
         loss = F.cross_entropy(model(x, task), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        model.eval()
 
-    seconds = median_time(step, repeats)
-    model.eval()
-    return seconds
+    return step
 
 
-def bench_model(name: str, tasks: list[int], batch: int, memory: int, repeats: int, measure_separate: int) -> dict:
+def bench_model(name: str, tasks: list[int], batch: int, memory: int, repeats: int) -> dict:
     x = torch.randn(batch, 3, 224, 224)
-    result: dict = {"model": name, "batch": batch, "memory": memory}
     reuse = build(name, max(tasks), memory, "reuse")
     full = build(name, 1, memory, "full")
+    names = [f"t{i}" for i in range(max(tasks))]
     with torch.inference_mode():
-        plain = median_time(lambda: reuse.backbone(x), repeats)
-        result["plain_s"] = plain
-        single = median_time(lambda: reuse.forward_reuse(x, ["t0"]), repeats)
-        result["reuse"] = {}
+        fns: dict[str, Callable[[], object]] = {"plain": lambda: reuse.backbone(x), "full": lambda: full.forward_full(x, "t0")}
         for t in tasks:
-            names = [f"t{i}" for i in range(t)]
-            seconds = single if t == 1 else median_time(lambda names=names: reuse.forward_reuse(x, names), repeats)
-            result["reuse"][t] = {
-                "one_pass_s": seconds,
-                "separate_passes_s": single * t,
-                "plain_passes_s": plain * t,
-            }
-        if measure_separate > 1:
-            names = [f"t{i}" for i in range(measure_separate)]
-            result["separate_measured"] = {
-                "tasks": measure_separate,
-                "seconds": median_time(lambda: [reuse.forward_reuse(x, [n]) for n in names], max(1, repeats // 2)),
-            }
-        result["full_s"] = median_time(lambda: full.forward_full(x, "t0"), repeats)
-    result["reuse_step_s"] = train_step_time(reuse, "t0", x, repeats)
-    result["full_step_s"] = train_step_time(full, "t0", x, repeats)
+            fns[f"reuse{t}"] = lambda t=t: reuse.forward_reuse(x, names[:t], backbone_outputs=False)
+        fns["separate4"] = lambda: [reuse(x, n) for n in names[:4]]
+        forward = interleaved_medians(fns, repeats)
+    steps = interleaved_medians({"reuse": train_step(reuse, "t0", x), "full": train_step(full, "t0", x)}, repeats)
+    plain, single = forward["plain"], forward["reuse1"]
+    result: dict = {"model": name, "batch": batch, "memory": memory, "plain_s": plain, "full_s": forward["full"]}
+    result["reuse"] = {
+        t: {"one_pass_s": forward[f"reuse{t}"], "separate_passes_s": single * t, "plain_passes_s": plain * t} for t in tasks
+    }
+    result["separate_measured"] = {"tasks": 4, "seconds": forward["separate4"]}
+    result["reuse_step_s"], result["full_step_s"] = steps["reuse"], steps["full"]
     one = result["reuse"]
     result["ratios"] = {
-        **{f"reuse_T{t}_over_T1": one[t]["one_pass_s"] / one[1]["one_pass_s"] for t in tasks},
-        "reuse_T1_over_plain": one[1]["one_pass_s"] / plain,
-        "full_m5_over_plain": result["full_s"] / plain,
-        "reuse_step_over_full_step": result["reuse_step_s"] / result["full_step_s"],
+        **{f"reuse_T{t}_over_T1": one[t]["one_pass_s"] / single for t in tasks},
+        "reuse_T1_over_plain": single / plain,
+        "full_m5_over_plain": forward["full"] / plain,
+        "reuse_step_over_full_step": steps["reuse"] / steps["full"],
         **{f"separate_over_one_pass_T{t}": one[t]["separate_passes_s"] / one[t]["one_pass_s"] for t in tasks},
     }
     return result
@@ -141,13 +136,12 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--measure-separate", type=int, default=4)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    if 1 not in args.tasks:
-        parser.error("--tasks must include 1 (the ratios are relative to it)")
+    if 1 not in args.tasks or max(args.tasks) < 4:
+        parser.error("--tasks must include 1 (the ratios are relative to it) and reach at least 4")
     torch.set_num_threads(args.threads)
-    results = [bench_model(m, sorted(args.tasks), args.batch, args.memory, args.repeats, args.measure_separate) for m in args.models]
+    results = [bench_model(m, sorted(args.tasks), args.batch, args.memory, args.repeats) for m in args.models]
     if args.json:
         summary = {"torch": torch.__version__, "threads": args.threads, "results": results}
         for key in TARGETS:  # headline keys: the worst model's value

@@ -69,6 +69,12 @@ def block_forward(block: Block, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return residual_and_mlp(block, x, out), k, v
 
 
+def block_keys_values(block: Block, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Only the keys and values of the backbone tokens: all the task tokens need from the last block."""
+    _, k, v = split_qkv(block.attn, block.norm1(x))
+    return k, v
+
+
 def block_forward_with_memory(
     block: Block, x: Tensor, mem_k: Tensor, mem_v: Tensor, mem_mask: Tensor | None = None
 ) -> Tensor:

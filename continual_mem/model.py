@@ -35,13 +35,14 @@ class ReuseOutput:
     """What one reuse pass returns.
 
     `logits` and `task_features` map each served task to (B, C_task) and (B, D);
-    `backbone_logits` and `features` are the frozen model's own head output and pooled features.
+    `backbone_logits` and `features` are the frozen model's own head output and pooled features
+    (None when the pass was asked for task outputs only).
     """
 
     logits: dict[str, Tensor]
     task_features: dict[str, Tensor]
-    backbone_logits: Tensor
-    features: Tensor
+    backbone_logits: Tensor | None
+    features: Tensor | None
 
 
 @dataclass
@@ -280,10 +281,14 @@ class MemoryViT(nn.Module):
         return gathered, mask
 
     # ----------------------------------------------------------------------------- reuse mode
-    def forward_reuse(self, images: Tensor, tasks: Iterable[str] | None = None) -> ReuseOutput:
+    def forward_reuse(
+        self, images: Tensor, tasks: Iterable[str] | None = None, backbone_outputs: bool = True
+    ) -> ReuseOutput:
         """One backbone pass serving every requested reuse-mode task (all of them by default).
 
-        The backbone path runs without autograd; only the task class tokens build a graph.
+        The backbone path runs without autograd; only the task class tokens build a graph. With
+        `backbone_outputs=False` the backbone's own head is skipped, and so is the last block's
+        attention output and MLP for its tokens: the task tokens only need that block's keys/values.
         """
         requested = self._reuse_tasks(tasks)
         served = self._with_extended(requested)
@@ -291,22 +296,28 @@ class MemoryViT(nn.Module):
         with torch.no_grad():
             x = self._embed(images)
         state = self._task_state(served, x.shape[0], x.shape[1]) if served else None
+        last = len(bb.blocks) - 1
         for i, blk in enumerate(bb.blocks):
             with torch.no_grad():
-                x, bb_k, bb_v = attention.block_forward(blk, x)
+                if i == last and not backbone_outputs:
+                    bb_k, bb_v = attention.block_keys_values(blk, x)
+                else:
+                    x, bb_k, bb_v = attention.block_forward(blk, x)
             if state is not None:
                 mem_k, mem_v = state.memory_kv[i]
                 state.tokens = attention.task_block_forward(
                     blk, state.tokens, bb_k, bb_v, mem_k, mem_v, state.visible
                 )
-        with torch.no_grad():
-            features = bb.forward_head(bb.norm(x), pre_logits=True)
-            backbone_logits = bb.head(features)
+        features = backbone_logits = None
+        if backbone_outputs:
+            with torch.no_grad():
+                features = bb.forward_head(bb.norm(x), pre_logits=True)
+                backbone_logits = bb.head(features)
         logits: dict[str, Tensor] = {}
         task_features: dict[str, Tensor] = {}
         for t, name in enumerate(served):
             if name in requested:
-                logits[name], task_features[name] = self._task_logits(name, state.tokens[:, t])
+                logits[name], task_features[name] = self._task_logits(name, state.tokens[:, t])  # type: ignore[union-attr]
         return ReuseOutput(logits, task_features, backbone_logits, features)
 
     def _reuse_tasks(self, tasks: Iterable[str] | None) -> list[str]:
@@ -366,7 +377,7 @@ class MemoryViT(nn.Module):
         logits: dict[str, Tensor] = {}
         passes = 0
         if reuse:
-            logits.update(self.forward_reuse(images, reuse).logits)
+            logits.update(self.forward_reuse(images, reuse, backbone_outputs=False).logits)
             passes += 1
         for n in names:
             if modes[n] == "full":
@@ -378,7 +389,7 @@ class MemoryViT(nn.Module):
         """Logits of one task in the mode it was trained in."""
         if self.adapter(task).mode == "full":
             return self.forward_full(images, task)
-        return self.forward_reuse(images, [task]).logits[task]
+        return self.forward_reuse(images, [task], backbone_outputs=False).logits[task]
 
 
 def _pad_kv(kv: tuple[Tensor, Tensor], width: int) -> tuple[Tensor, Tensor]:

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
+from .adapter import safetensors_bytes
 from .backbone import create_backbone
 from .data import InputSpec, LabeledImages, load_source
 
@@ -76,19 +76,24 @@ def pretrain_backbone(
     return model, metrics
 
 
-def save_backbone(model: VisionTransformer, path: Path, config: PretrainConfig) -> Path:
-    """The backbone's weights as one safetensors file, with how it was made in the metadata."""
-    meta = {
+def save_backbone(model: VisionTransformer, path: Path, metadata: dict[str, str]) -> Path:
+    """The backbone's weights as one safetensors file (written atomically, byte-reproducible)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(safetensors_bytes(model.state_dict(), metadata))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def pretrain_metadata(config: PretrainConfig) -> dict[str, str]:
+    return {
         "timm_name": config.model_name,
         "model_kwargs": json.dumps(dict(config.model_kwargs)),
         "pretrain_data": config.data,
         "pretrain_epochs": str(config.epochs),
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
 
 
 def demo_backbone(cache_dir: Path | None = None, config: PretrainConfig = PretrainConfig()) -> VisionTransformer:
@@ -102,6 +107,6 @@ def demo_backbone(cache_dir: Path | None = None, config: PretrainConfig = Pretra
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         model, _ = pretrain_backbone(config)
-        save_backbone(model, path, config)
+        save_backbone(model, path, pretrain_metadata(config))
     num_classes = len(load_source(config.data).class_names)
     return create_backbone(config.model_name, weights=path, exact=True, num_classes=num_classes, **dict(config.model_kwargs))

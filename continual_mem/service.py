@@ -30,16 +30,14 @@ from .train import DistContext, Evaluation, Progress, TrainConfig, evaluate_task
 
 
 # ------------------------------------------------------------------------------------ backbones
-def _save_weights(model: VisionTransformer, directory: Path, model_name: str, model_kwargs: dict[str, Any]) -> Path:
-    return save_backbone(
-        model, directory / "weights.safetensors", PretrainConfig(model_name=model_name, model_kwargs=tuple(model_kwargs.items()))
-    )
-
-
-def _register(store: TaskStore, name: str, model_name: str, model: VisionTransformer, model_kwargs: dict[str, Any], extra: dict[str, Any]) -> BackboneInfo:
+def _register(
+    store: TaskStore, name: str, model_name: str, model: VisionTransformer, model_kwargs: dict[str, Any], extra: dict[str, Any]
+) -> BackboneInfo:
+    """Keep the backbone's weights as a safetensors file, with what rebuilds it (timm name, kwargs)."""
     config = {**backbone_config(model), "model_kwargs": model_kwargs, **extra}
+    metadata = {"timm_name": model_name, "model_kwargs": json.dumps(model_kwargs)}
     with tempfile.TemporaryDirectory() as tmp:
-        weights = _save_weights(model, Path(tmp), model_name, model_kwargs)
+        weights = save_backbone(model, Path(tmp) / "weights.safetensors", metadata)
         return store.register_backbone(name, model_name, fingerprint(model), config, weights_file=weights)
 
 

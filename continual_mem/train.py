@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,9 +29,9 @@ class TrainConfig:
 
     epochs: int = 10
     steps: int | None = None
-    lr: float = 2e-2
+    lr: float = 3e-2
     weight_decay: float = 0.0
-    batch_size: int = 32
+    batch_size: int = 16
     seed: int = 0
     device: str = "cpu"
     amp: bool = False
@@ -195,9 +195,6 @@ class Evaluation:
     predictions: Tensor
     labels: Tensor
 
-    def as_dict(self) -> dict[str, float]:
-        return {"accuracy": self.accuracy, "loss": self.loss}
-
 
 @torch.no_grad()
 def predict_logits(model: MemoryViT, task: str, images: Tensor, batch_size: int = 128, device: str = "cpu") -> Tensor:
@@ -214,7 +211,3 @@ def evaluate_task(
     predictions = logits.argmax(-1)
     accuracy = float((predictions == labels).float().mean()) if labels.numel() else float("nan")
     return Evaluation(accuracy, loss, predictions, labels)
-
-
-def config_dict(config: TrainConfig) -> dict[str, object]:
-    return asdict(config)

@@ -6,8 +6,8 @@ Cumulative, per-task fine-tuning, NCM), `l2p` (the compatibility layer that runs
 LearningToPrompt on our backbone), `runner` (train/evaluate one strategy, metrics), `report`
 (tables, plots, docs/results.md) and `cli` (the `cmem scenario` commands).
 
-Importing this package imports neither torch, timm nor Avalanche; `quiet_avalanche()` must run
-before the first `avalanche.training` import (every module here that needs it calls it).
+Importing this package imports neither torch, timm nor Avalanche. It installs `quiet_avalanche`'s
+warning filters, so they are in place before any module here imports `avalanche.training`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ def quiet_avalanche() -> None:
     """Silence warnings of Avalanche's own code that say nothing about this project's runs.
 
     `avalanche.training` imports qpsolvers (for GEM, unused here), which warns that no QP solver is
-    installed; Avalanche's L2P model imports timm's deprecated `timm.models.layers` path; its EWC
-    indexes a tensor with a list (a PyTorch deprecation).
+    installed; Avalanche's EWC indexes a tensor with a list (a PyTorch deprecation).
     """
     warnings.filterwarnings("ignore", message=".*no QP solver found.*")
-    warnings.filterwarnings("ignore", message="Importing from timm.models.layers is deprecated")
-    warnings.filterwarnings("ignore", message="Importing from timm.models.helpers is deprecated")
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
 
 
@@ -46,3 +43,6 @@ def avalanche_deprecations_dropped() -> Iterator[None]:
     for w in caught:
         if not (issubclass(w.category, DeprecationWarning) and str(w.message).startswith(_AVALANCHE_DEPRECATION)):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+quiet_avalanche()

@@ -14,18 +14,15 @@ from __future__ import annotations
 import copy
 
 import torch
+from avalanche.models import IncrementalClassifier, MultiHeadClassifier, MultiTaskModule
+from avalanche.training import EWC, LwF, Naive, Replay
+from avalanche.training.supervised.cumulative import Cumulative
+from avalanche.training.templates import SupervisedTemplate
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from . import quiet_avalanche
 from .benchmarks import Protocol
 from .strategy import TrainableOnlyTemplate
-
-quiet_avalanche()
-from avalanche.models import IncrementalClassifier, MultiHeadClassifier, MultiTaskModule  # noqa: E402
-from avalanche.training import EWC, LwF, Naive, Replay  # noqa: E402
-from avalanche.training.supervised.cumulative import Cumulative  # noqa: E402
-from avalanche.training.templates import SupervisedTemplate  # noqa: E402
 
 #: Hyper-parameters of the regularisation / rehearsal baselines (Avalanche's usual values; the
 #: replay buffer is small on purpose: about 7% of split-digits' training set).
@@ -89,7 +86,9 @@ class SingleHeadViT(nn.Module):
         return self.head(pooled_features(self.backbone, x))
 
 
-class _Expert(nn.Module):
+class Expert(nn.Module):
+    """One task's own ViT and head."""
+
     def __init__(self, backbone: VisionTransformer, num_classes: int) -> None:
         super().__init__()
         self.backbone = backbone
@@ -107,7 +106,7 @@ class PerTaskFineTune(MultiTaskModule):
         self.pretrained = backbone.requires_grad_(False)
         self.experts = nn.ModuleDict()
 
-    def adaptation(self, experience) -> None:  # noqa: ANN001
+    def adaptation(self, experience) -> None:
         super().adaptation(experience)
         if not self.training:
             return
@@ -115,8 +114,13 @@ class PerTaskFineTune(MultiTaskModule):
         num_classes = max(experience.classes_in_this_experience) + 1
         for t in experience.task_labels:
             if str(t) not in self.experts:
-                expert = _Expert(copy.deepcopy(self.pretrained), num_classes).to(self._adaptation_device)
-                self.experts[str(t)] = expert.requires_grad_(True)
+                self.add_expert(int(t), num_classes)
+
+    def add_expert(self, task_label: int, num_classes: int) -> Expert:
+        """A trainable copy of the pretrained backbone, with a new head, for one task."""
+        expert = Expert(copy.deepcopy(self.pretrained), num_classes).to(self._adaptation_device)
+        self.experts[str(task_label)] = expert.requires_grad_(True)
+        return expert
 
     def forward(self, x: Tensor, task_labels: Tensor | int | None = None) -> Tensor | dict[int, Tensor]:
         if task_labels is None:
@@ -152,7 +156,7 @@ class NCMModel(MultiTaskModule):
         self.register_buffer("centroid_class", torch.zeros(0, dtype=torch.long))
         self.register_buffer("centroid_task", torch.zeros(0, dtype=torch.long))
 
-    def train(self, mode: bool = True) -> "NCMModel":
+    def train(self, mode: bool = True) -> NCMModel:
         super().train(mode)
         self.backbone.eval()
         return self
@@ -209,7 +213,8 @@ class NCMStrategy(SupervisedTemplate):
 
     def training_epoch(self, **kwargs) -> None:
         features, labels = [], []
-        for self.mbatch in self.dataloader:
+        for batch in self.dataloader:
+            self.mbatch = batch
             self._unpack_minibatch()
             features.append(self.model.features(self.mb_x))
             labels.append(self.mb_y)

@@ -15,15 +15,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from continual_mem.data import InputSpec, LabeledImages, digits, load_image_folder, split_train_val, synthetic
+from continual_mem.data import (
+    InputSpec,
+    LabeledImages,
+    digits,
+    load_image_folder,
+    split_train_val,
+    synthetic,
+)
 from continual_mem.errors import ContinualMemError
-
-from . import quiet_avalanche
 
 Protocol = Literal["task", "class"]
 PROTOCOLS: tuple[Protocol, ...] = ("task", "class")
@@ -136,7 +141,6 @@ def from_labeled_images(
     details: dict[str, object] | None = None,
 ) -> Scenario:
     """Split train/test images by classes into an Avalanche benchmark of the given protocol."""
-    quiet_avalanche()
     from avalanche.benchmarks import nc_benchmark
     from torch.utils.data import TensorDataset
 
@@ -300,7 +304,9 @@ def build_scenario(
     download: bool = False,
 ) -> Scenario:
     """A scenario by name (see `SCENARIO_HELP`)."""
-    common = dict(input_spec=input_spec, protocol=protocol, class_order=class_order, limit_per_class=limit_per_class)
+    common: dict[str, Any] = {
+        "input_spec": input_spec, "protocol": protocol, "class_order": class_order, "limit_per_class": limit_per_class,
+    }
     if name == "split-digits":
         return split_digits(n_experiences=n_experiences or 5, **common)
     if name == "synthetic":

@@ -45,15 +45,24 @@ def _store_errors() -> tuple[type[BaseException], ...]:
 
 
 def _open_store(ctx: click.Context, required: bool = False) -> Any | None:
+    """The task store from the context object, or None (runs are then not recorded).
+
+    Only `runs` requires one; the other commands say on stderr that they will not record.
+    """
     opener = getattr(ctx.obj, "open_store", None)
-    if opener is None:
-        if required:
-            raise click.ClickException("no task store is configured (run this through `cmem scenario`)")
-        return None
     try:
+        if opener is None:
+            raise click.ClickException("no task store is configured (run this through `cmem scenario`)")
         return opener()
+    except click.ClickException as exc:
+        if required:
+            raise
+        click.echo(f"note: {exc.format_message()}; runs are not recorded", err=True)
     except _store_errors() as exc:
-        raise click.ClickException(f"cannot open the task store: {exc}") from None
+        if required:
+            raise click.ClickException(f"cannot open the task store: {exc}") from None
+        click.echo(f"note: cannot open the task store ({exc}); runs are not recorded", err=True)
+    return None
 
 
 def _record(store: Any | None, result: Any) -> int | None:
@@ -77,7 +86,7 @@ def _load_backbone(kind: str) -> Any:
     from continual_mem.backbone import create_backbone
 
     if kind == "demo":
-        click.echo("loading the demo backbone (pretrained once on builtin:shapes, then cached)", err=True)
+        click.echo(f"loading the demo backbone (pretrained on {pretrain.DEMO_DATA} once, then cached)", err=True)
         return pretrain.demo_backbone()
     import torch
 
@@ -103,6 +112,21 @@ def _budget(epochs: int | None, seed: int, quick: bool) -> Any:
     return replace(budget, epochs=epochs) if epochs is not None else budget
 
 
+JOBS_OPTION = click.option(
+    "--jobs", "-j", type=int, default=2, show_default=True,
+    help="Runs in parallel, in worker processes (one per CPU core is about right).",
+)
+
+
+def _set_threads(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if value < 1:
+        raise click.BadParameter("must be >= 1")
+    import torch
+
+    torch.set_num_threads(value)
+    return value
+
+
 def _scenario_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--backbone", type=click.Choice(BACKBONES), default="demo", show_default=True,
@@ -114,6 +138,8 @@ def _scenario_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", default="cpu", show_default=True),
         click.option("--download", is_flag=True, help="torchvision scenarios: download the data set if missing."),
         click.option("--progress/--no-progress", default=None, help="Progress bars (default: on terminals)."),
+        click.option("--threads", type=int, default=1, show_default=True, callback=_set_threads, expose_value=False,
+                     help="PyTorch CPU threads per process (these small models run fastest on one, above all on a busy machine)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -166,7 +192,11 @@ def run_command(
     epochs: int | None, report_dir: Path | None, as_json: bool, backbone: str, class_order: str | None,
     limit_per_class: int | None, route: str, device: str, download: bool, progress: bool | None,
 ) -> None:
-    """Train one strategy through scenario NAME and evaluate it after every experience."""
+    """Train one strategy through scenario NAME and evaluate it after every experience.
+
+    NAME: split-digits, synthetic, folder:PATH (one sub-folder per class) or
+    torchvision:SET[:ROOT] (MNIST, FashionMNIST, CIFAR10, CIFAR100 already on disk).
+    """
     with _clean_errors():
         from .runner import StrategySpec, run_strategy
 
@@ -200,44 +230,65 @@ def run_command(
 @click.option("--report-dir", type=click.Path(path_type=Path), default=None,
               help="Where the report goes (default: reports/<name>-<time>).")
 @click.option("--json", "as_json", is_flag=True, help="Print every run as JSON.")
+@JOBS_OPTION
 @_scenario_options
 @click.pass_context
 def compare_command(
     ctx: click.Context, name: str, protocol: str, quick: bool, strategies: str | None, memory_sizes: str,
-    seed: int, epochs: int | None, report_dir: Path | None, as_json: bool, backbone: str,
+    seed: int, epochs: int | None, report_dir: Path | None, as_json: bool, jobs: int, backbone: str,
     class_order: str | None, limit_per_class: int | None, route: str, device: str, download: bool,
     progress: bool | None,
 ) -> None:
-    """Every strategy on scenario NAME, same backbone, data, budget and seed; one table."""
+    """Every strategy on scenario NAME, same backbone, data, budget and seed; one table.
+
+    NAME as for `run`. Runs are recorded in the task store and written to a report folder
+    (markdown table, accuracy-matrix heatmaps, accuracy over experiences).
+    """
     with _clean_errors():
+        import torch
+
         from .report import comparison_table, write_report
-        from .runner import StrategySpec, compare_specs, run_strategy
+        from .runner import (
+            RunRequest,
+            ScenarioKey,
+            StrategySpec,
+            compare_specs,
+            run_requests,
+        )
 
         protocols = PROTOCOL_CHOICES if protocol == "both" else (protocol,)
         sizes = _parse_ints(memory_sizes, "--memory-sizes") or []
         wanted = {StrategySpec.parse(s).label for s in strategies.split(",")} if strategies else None
         budget = _budget(epochs, seed, quick)
         limit = limit_per_class if limit_per_class is not None else (QUICK_LIMIT_PER_CLASS if quick else None)
+        order = _parse_ints(class_order, "--class-order")
         store = _open_store(ctx)
         model = _load_backbone(backbone)
-        results, ids = [], []
+        requests = []
         for proto in protocols:
-            scenario = _scenario(name, model, proto, class_order, limit, download)
-            for spec in compare_specs(proto, sizes):
-                if wanted is not None and spec.label not in wanted:
-                    continue
-                result = run_strategy(scenario, spec, model, budget, device, route, progress)
-                result.config.update(backbone=backbone, quick=quick)
-                results.append(result)
-                ids.append(_record(store, result))
-                if not as_json:
-                    click.echo(_summary_line(result, ids[-1]), err=True)
-        if not results:
+            key = ScenarioKey(name, proto, tuple(order) if order else None, limit, download)
+            key.build(model)  # fail here, in one line, rather than in a worker
+            requests += [
+                RunRequest(key, spec, budget, device, route)
+                for spec in compare_specs(proto, sizes)
+                if wanted is None or spec.label in wanted
+            ]
+        if not requests:
             raise click.ClickException("no strategy selected: check --strategies and --protocol")
+        ids: dict[int, int | None] = {}
+
+        def keep(request: Any, result: Any) -> None:
+            result.config.update(backbone=backbone, quick=quick)
+            ids[id(result)] = _record(store, result)
+            if not as_json:
+                click.echo(_summary_line(result, ids[id(result)]), err=True)
+
+        results = run_requests(requests, model, jobs, torch.get_num_threads(), keep, progress)
         folder = report_dir or Path("reports") / f"{name.replace(':', '_').replace('/', '_')}-{datetime.now():%Y%m%d-%H%M%S}"
         report = write_report(results, folder, f"{name} ({'quick' if quick else 'full'} comparison, backbone {backbone})")
     if as_json:
-        click.echo(json.dumps({"report": str(report), "runs": [{"id": i, **r.to_dict()} for i, r in zip(ids, results)]}, indent=1))
+        runs = [{"id": ids[id(r)], **r.to_dict()} for r in results]
+        click.echo(json.dumps({"report": str(report), "runs": runs}, indent=1))
         return
     for proto in protocols:
         click.echo(f"\n{name}, {proto}-incremental\n")
@@ -285,10 +336,13 @@ def _run_dict(run: Any) -> dict[str, Any]:
 @click.option("--backbone", type=click.Choice(BACKBONES), default="demo", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--progress/--no-progress", default=None)
+@click.option("--threads", type=int, default=1, show_default=True, callback=_set_threads, expose_value=False,
+              help="PyTorch CPU threads per process.")
+@JOBS_OPTION
 @click.pass_context
 def results_command(
     ctx: click.Context, out: Path, report_dir: Path, seeds: str, quick: bool, backbone: str, device: str,
-    progress: bool | None,
+    progress: bool | None, jobs: int,
 ) -> None:
     """Regenerate docs/results.md: Table 2 layout and the continual-learning comparison."""
     with _clean_errors():
@@ -300,7 +354,7 @@ def results_command(
         command = f"cmem scenario results --seeds {','.join(map(str, seed_list))} --backbone {backbone}" + (" --quick" if quick else "")
         document = generate_results(
             model, backbone, seed_list, quick, report_dir, device,
-            limit_per_class=QUICK_LIMIT_PER_CLASS if quick else None,
+            limit_per_class=QUICK_LIMIT_PER_CLASS if quick else None, jobs=jobs,
             progress=progress, record=lambda r: _record(store, r), command=command,
         )
         out.parent.mkdir(parents=True, exist_ok=True)

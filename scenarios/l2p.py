@@ -22,6 +22,7 @@ compared with.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,11 +30,10 @@ from typing import Any
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from . import quiet_avalanche
-
-quiet_avalanche()
-from avalanche.models.timm_vit import ViTWithPrompt, checkpoint_filter_fn  # noqa: E402
-from avalanche.training.supervised import l2p as upstream  # noqa: E402
+with warnings.catch_warnings():  # upstream imports timm's deprecated `timm.models.layers/helpers`
+    warnings.filterwarnings("ignore", message="Importing from timm.models", category=FutureWarning)
+    from avalanche.models.timm_vit import ViTWithPrompt, checkpoint_filter_fn
+    from avalanche.training.supervised import l2p as upstream
 
 #: L2P's prompt pool as in its CIFAR-100 setting (pool 10, length 5, top-5).
 POOL_SIZE = 10

@@ -22,16 +22,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from avalanche.evaluation import PluginMetric
+from avalanche.evaluation.metric_results import MetricValue
+from avalanche.evaluation.metrics import (
+    accuracy_metrics,
+    bwt_metrics,
+    forgetting_metrics,
+)
+from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 from timm.layers import PatchEmbed
 from torch import Tensor, nn
-
-from . import quiet_avalanche
-
-quiet_avalanche()
-from avalanche.evaluation import PluginMetric  # noqa: E402
-from avalanche.evaluation.metric_results import MetricValue  # noqa: E402
-from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics  # noqa: E402
-from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin  # noqa: E402
 
 _EXP_ACCURACY = re.compile(r"^Top1_Acc_Exp/eval_phase/test_stream/Task\d+/Exp(\d+)$")
 FORGETTING_KEY = "StreamForgetting/eval_phase/test_stream"
@@ -58,10 +58,10 @@ class TaskIdAccuracy(PluginMetric[dict[str, float]]):
     def result(self) -> dict[str, float]:
         return {m: c / self._total for m, c in self._correct.items()} if self._total else {}
 
-    def before_eval(self, strategy) -> None:  # noqa: ANN001
+    def before_eval(self, strategy) -> None:
         self.reset()
 
-    def after_eval_iteration(self, strategy) -> None:  # noqa: ANN001
+    def after_eval_iteration(self, strategy) -> None:
         super().after_eval_iteration(strategy)
         routes = getattr(strategy.model, "last_routes", None)
         if not routes:
@@ -71,7 +71,7 @@ class TaskIdAccuracy(PluginMetric[dict[str, float]]):
             self._correct[method] += int((predicted == truth).sum())
         self._total += int(truth.shape[0])
 
-    def after_eval(self, strategy) -> list[MetricValue]:  # noqa: ANN001
+    def after_eval(self, strategy) -> list[MetricValue]:
         step = strategy.clock.train_iterations
         return [MetricValue(self, TASK_ID_PREFIX + m, v, step) for m, v in self.result().items()]
 
@@ -125,10 +125,10 @@ class CosineSchedule(SupervisedPlugin):
         self.lr = lr
         self._total = 1
 
-    def before_training_exp(self, strategy, *args, **kwargs) -> None:  # noqa: ANN001
+    def before_training_exp(self, strategy, *args, **kwargs) -> None:
         self._total = max(1, strategy.train_epochs * len(strategy.dataloader))
 
-    def before_training_iteration(self, strategy, *args, **kwargs) -> None:  # noqa: ANN001
+    def before_training_iteration(self, strategy, *args, **kwargs) -> None:
         step = min(strategy.clock.train_exp_iterations, self._total)
         rate = self.lr * 0.5 * (1.0 + math.cos(math.pi * step / self._total))
         for group in strategy.optimizer.param_groups:
@@ -142,7 +142,7 @@ class TrainableCounter(SupervisedPlugin):
         super().__init__()
         self.per_experience: list[int] = []
 
-    def before_training_exp(self, strategy, *args, **kwargs) -> None:  # noqa: ANN001
+    def before_training_exp(self, strategy, *args, **kwargs) -> None:
         seen: set[int] = set()
         count = 0
         for group in strategy.optimizer.param_groups if strategy.optimizer is not None else []:
@@ -154,7 +154,7 @@ class TrainableCounter(SupervisedPlugin):
 
 
 # ----------------------------------------------------------------------------- backbone passes
-def _modules_of(strategy) -> list[nn.Module]:  # noqa: ANN001
+def _modules_of(strategy) -> list[nn.Module]:
     """The strategy's model and any other module it holds (e.g. L2P's query ViT)."""
     roots = [strategy.model] + [v for v in vars(strategy).values() if isinstance(v, nn.Module) and v is not strategy.model]
     return [m for root in roots for m in root.modules()]
@@ -177,7 +177,7 @@ def count_backbone_passes(modules: Sequence[nn.Module]) -> Iterator[list[int]]:
 
 
 @torch.no_grad()
-def passes_to_serve_all(strategy, images: Tensor, experience) -> float:  # noqa: ANN001
+def passes_to_serve_all(strategy, images: Tensor, experience) -> float:
     """Backbone passes per image to produce the answers of EVERY learned task.
 
     Multi-task models answer all their tasks through `forward_all_tasks` (one output per task);
@@ -235,7 +235,7 @@ class StoredBytes:
         return self.serving + self.learning
 
 
-def stored_bytes(strategy, free: set[str]) -> StoredBytes:  # noqa: ANN001
+def stored_bytes(strategy, free: set[str]) -> StoredBytes:
     """Serving: the model's tensors that differ from the pretrained backbone (adapters, a whole
     fine-tuned ViT, prompts, class means). Learning: what the strategy carries between experiences
     (replay buffer, EWC importances and anchors, LwF's previous model, Cumulative's data).
@@ -251,14 +251,14 @@ def stored_bytes(strategy, free: set[str]) -> StoredBytes:  # noqa: ANN001
     return StoredBytes(serving, learning)
 
 
-def _dataset_bytes(dataset) -> int:  # noqa: ANN001
+def _dataset_bytes(dataset) -> int:
     if len(dataset) == 0:
         return 0
     x = dataset[0][0]
     return len(dataset) * (x.numel() * x.element_size() + 8)  # image + int64 label
 
 
-def _plugin_learning_bytes(plugin, free: set[str]) -> int:  # noqa: ANN001
+def _plugin_learning_bytes(plugin, free: set[str]) -> int:
     name = type(plugin).__name__
     if name == "ReplayPlugin":
         return _dataset_bytes(plugin.storage_policy.buffer)

@@ -83,7 +83,7 @@ def table2(cells: dict[str, dict[str, list[float]]], params: dict[str, dict[str,
         )
         if params and scenario in params:
             rows.append(
-                f"| *params / task* | " + " | ".join(human_count(params[scenario][c]) if c in params[scenario] else "–" for c in TABLE2_COLUMNS) + " |"
+                "| *params / task* | " + " | ".join(human_count(params[scenario][c]) if c in params[scenario] else "–" for c in TABLE2_COLUMNS) + " |"
             )
     return head + "\n".join(rows) + "\n"
 

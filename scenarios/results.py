@@ -8,7 +8,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,26 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from .baselines import EWC_LAMBDA, LWF_ALPHA, LWF_TEMPERATURE, REPLAY_MEMORY
-from .benchmarks import Protocol, build_scenario
+from .benchmarks import Protocol
 from .l2p import POOL_SIZE, PROMPT_LENGTH, TOP_K
 from .metrics import __doc__ as METRICS_DOC
-from .report import TABLE2_COLUMNS, comparison_table, pct, routing_table, table2, write_report
-from .runner import QUICK_BUDGET, Budget, RunResult, compare_specs, run_strategy
+from .report import (
+    TABLE2_COLUMNS,
+    comparison_table,
+    pct,
+    routing_table,
+    table2,
+    write_report,
+)
+from .runner import (
+    QUICK_BUDGET,
+    Budget,
+    RunRequest,
+    RunResult,
+    ScenarioKey,
+    compare_specs,
+    run_requests,
+)
 from .strategy import DEFAULT_ROUTE, DEFAULT_SHRINKAGE
 
 #: What docs/results.md covers: scenario -> protocols.
@@ -35,35 +50,48 @@ def generate_results(
     report_dir: Path,
     device: str = "cpu",
     limit_per_class: int | None = None,
+    jobs: int = 1,
     progress: bool | None = None,
     record: Callable[[RunResult], Any] | None = None,
     command: str = "cmem scenario results",
 ) -> str:
     """Run the whole plan (Table 2 cells over every seed, the rest on the first) and write the
     reports; returns the markdown of docs/results.md."""
-    from continual_mem.data import InputSpec
-
     base = QUICK_BUDGET if quick else Budget()
-    spec_input = InputSpec.from_backbone(backbone)
-    start = time.perf_counter()
-    results: list[RunResult] = []
+    requests = []
     for name, protocols in RESULT_PLAN.items():
         for protocol in protocols:
-            scenario = build_scenario(name, spec_input, protocol, limit_per_class=limit_per_class)
-            first_seed: list[RunResult] = []
+            key = ScenarioKey(name, protocol, limit_per_class=limit_per_class)
             for spec in compare_specs(protocol):
                 in_table2 = protocol == "task" and spec.label in TABLE2_COLUMNS
-                for seed in seeds if in_table2 else seeds[:1]:
-                    result = run_strategy(scenario, spec, backbone, replace(base, seed=seed), device, DEFAULT_ROUTE, progress)
-                    result.config.update(backbone=backbone_kind, quick=quick)
-                    results.append(result)
-                    if record is not None:
-                        record(result)
-                    if seed == seeds[0]:
-                        first_seed.append(result)
-            write_report(first_seed, report_dir / f"{name}-{protocol}", f"{name}, {protocol}-incremental")
+                requests += [RunRequest(key, spec, replace(base, seed=s), device) for s in (seeds if in_table2 else seeds[:1])]
+
+    def keep(request: RunRequest, result: RunResult) -> None:
+        result.config.update(backbone=backbone_kind, quick=quick)
+        if record is not None:
+            record(result)
+
+    start = time.perf_counter()
+    results = run_requests(requests, backbone, jobs, torch.get_num_threads(), keep, progress)
+    for name, protocols in RESULT_PLAN.items():
+        for protocol in protocols:
+            first = [r for r in _first_seed(results, seeds[0]) if (r.scenario, r.protocol) == (name, protocol)]
+            write_report(first, report_dir / f"{name}-{protocol}", f"{name}, {protocol}-incremental")
     elapsed = time.perf_counter() - start
     return results_markdown(results, backbone_facts(backbone, backbone_kind), base, seeds, quick, command, elapsed)
+
+
+def _shrinkage_text() -> str:
+    return "estimated by OAS" if DEFAULT_SHRINKAGE is None else f"{DEFAULT_SHRINKAGE:g}"
+
+
+def _builtin_summary(spec: str) -> str:
+    """`builtin:shapes?n=..` -> the first docstring line of `continual_mem.data.shapes`."""
+    from continual_mem import data
+
+    builder = getattr(data, spec.removeprefix("builtin:").partition("?")[0], None)
+    doc = (builder.__doc__ or "").strip() if builder is not None else ""
+    return doc.splitlines()[0].rstrip(".") if doc else spec
 
 
 def backbone_facts(backbone: VisionTransformer, kind: str) -> dict[str, Any]:
@@ -78,8 +106,8 @@ def backbone_facts(backbone: VisionTransformer, kind: str) -> dict[str, Any]:
     }
     if kind == "demo":
         facts["pretraining"] = (
-            f"`{pretrain.DEMO_DATA}` (GENERATED geometric shapes, 8 classes; no image of the downstream "
-            f"data sets), {pretrain.DEMO_EPOCHS} epochs from scratch on this machine"
+            f"`{pretrain.DEMO_DATA}` ({_builtin_summary(pretrain.DEMO_DATA)}; no image of the downstream data "
+            f"sets), {pretrain.DEMO_EPOCHS} epochs from scratch on this machine"
         )
     else:
         facts["pretraining"] = "none: random weights (smoke test only, numbers mean nothing)"
@@ -102,7 +130,7 @@ def _first_seed(results: Sequence[RunResult], seed: int) -> list[RunResult]:
 def checks(results: Sequence[RunResult]) -> list[str]:
     """The issue's claims, each with the measured numbers and whether it holds."""
     lines = []
-    acc = lambda label, protocol="task": _mean_accuracy(results, "split-digits", protocol, label)  # noqa: E731
+    acc = lambda label, protocol="task": _mean_accuracy(results, "split-digits", protocol, label)
     m5, head, full = acc("memory-5"), acc("head-only"), acc("full-ft")
     if None not in (m5, head, full):
         gap, behind = 100 * (m5 - head), 100 * (full - m5)
@@ -135,6 +163,73 @@ def checks(results: Sequence[RunResult]) -> list[str]:
     return lines
 
 
+def _setup_lines(facts: dict[str, Any], budget: Budget, seeds: Sequence[int]) -> list[str]:
+    cfg = facts["config"]
+    backbone = (
+        f"- **Backbone**: timm `{facts['architecture']}` shrunk to {cfg['img_size']} px images, patch "
+        f"{cfg['patch_size']}, depth {cfg['depth']}, width {cfg['embed_dim']}, {cfg['num_heads']} heads "
+        f"({facts['parameters'] / 1e6:.2f}M parameters, weights sha256 `{facts['sha256'][:12]}`). "
+        f"**Pretrained on** {facts['pretraining']}. No pretrained ViT weights reach this machine, so this small "
+        "backbone is the project's own."
+    )
+    data = (
+        "- **split-digits**: scikit-learn's 1,797 real 8x8 handwritten digits, seeded stratified 70/30 "
+        "train/test split, 10 classes in 5 experiences of 2 in a fixed seeded class order. **synthetic**: "
+        "GENERATED 32x32 images of 1-5 dots laid out as a row or a column, 150 per class, 5 experiences of 2 "
+        "classes that differ in count or in layout only."
+    )
+    schedule = (
+        f"- **Budget, same for every strategy**: {budget.epochs} epochs per experience, batch "
+        f"{budget.batch_size}, AdamW, cosine learning rate to 0 within each experience, weight decay "
+        f"{budget.weight_decay}; base rate {budget.lr_adapter} for task adapters (memory / head / class token), "
+        f"{budget.lr_prompt} for L2P's prompts and head, {budget.lr_finetune} for fine-tuning a whole ViT. "
+        f"Seeds: Table 2 cells over {list(seeds)} (mean ± std), everything else seed {seeds[0]}."
+    )
+    baselines = (
+        f"- **Baselines** (Avalanche 0.6.0): Naive, EWC (λ = {EWC_LAMBDA:g}, separate penalties), LwF "
+        f"(α = {LWF_ALPHA:g}, T = {LWF_TEMPERATURE:g}), Replay ({REPLAY_MEMORY} samples, experience-balanced) "
+        "and Cumulative (joint upper bound) fine-tune the whole ViT with Avalanche's multi-head (task protocol) "
+        "or incremental (class protocol) classifier; Full = per-task full fine-tuning (one ViT copy per task); "
+        "NCM = scikit-learn NearestCentroid on the frozen, L2-normalised features; L2P = Avalanche's "
+        f"LearningToPrompt (pool {POOL_SIZE}, length {PROMPT_LENGTH}, top-{TOP_K}) on our backbone through "
+        "`scenarios/l2p.py`."
+    )
+    routing = (
+        "- **Class-incremental task inference** of the memory strategy, from the same single pass: default "
+        f"route `{DEFAULT_ROUTE}` (linear discriminant on the frozen backbone's features: running class means "
+        f"and one shared covariance, shrinkage {_shrinkage_text()}), then the routed task's own head. The "
+        "routing table compares it with nearest class mean (`nmc`), the heads' energy (logsumexp) and "
+        "max-softmax."
+    )
+    return [backbone, data, schedule, baselines, routing]
+
+
+def _comparison_sections(primary: Sequence[RunResult], seed: int) -> list[str]:
+    out: list[str] = []
+    for name, protocols in RESULT_PLAN.items():
+        for protocol in protocols:
+            runs = [r for r in primary if (r.scenario, r.protocol) == (name, protocol)]
+            if not runs:
+                continue
+            out += [f"### {name}, {protocol}-incremental (seed {seed})", "", comparison_table(runs)]
+            routing = routing_table(runs)
+            if routing:
+                out += ["Task-id accuracy by routing method (%), all from the same single pass:", "", routing]
+    return out
+
+
+TABLE2_NOTE = (
+    "Columns as in the paper: Full fine-tuning per task, Head only, Head + Class token, and 1 / 5 / 10 / 20 "
+    "memory tokens per layer (each with its own class token and head)."
+)
+STORED_BYTES_NOTE = (
+    "Bytes stored per task count, divided by the number of tasks, every tensor kept beyond the pretrained "
+    "backbone: to serve (adapters, a fine-tuned ViT, prompts, class statistics) and to keep learning (replay "
+    "buffer, EWC importances and anchors, LwF's previous model, Cumulative's data). Backbone passes are "
+    "counted with hooks on the ViTs' patch embeddings while every learned task answers a probe batch."
+)
+
+
 def results_markdown(
     results: Sequence[RunResult],
     facts: dict[str, Any],
@@ -151,49 +246,23 @@ def results_markdown(
         params[name] = {
             c: runs[0].metrics["trainable_params_per_task"] for c in TABLE2_COLUMNS if (runs := _runs(results, name, "task", c))
         }
-    primary = _first_seed(results, seeds[0])
-    cfg = facts["config"]
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
     out = [
         "# Results: memory tokens against continual-learning baselines",
         "",
-        f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {elapsed_s / 60:.1f} min "
-        f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads). Do not edit by hand.",
+        f"Generated by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {elapsed_s / 60:.1f} min ({machine}).",
         "",
     ]
     if quick:
         out += ["> **Quick run** (1 epoch, few images per class): it checks the pipeline; its numbers mean nothing.", ""]
+    out += ["## Setup", "", *_setup_lines(facts, budget, seeds), ""]
     out += [
-        "## Setup",
-        "",
-        f"- **Backbone**: timm `{facts['architecture']}` shrunk to {cfg['img_size']} px images, patch {cfg['patch_size']}, "
-        f"depth {cfg['depth']}, width {cfg['embed_dim']}, {cfg['num_heads']} heads ({facts['parameters'] / 1e6:.2f}M "
-        f"parameters, weights sha256 `{facts['sha256'][:12]}`). **Pretrained on** {facts['pretraining']}. "
-        "No pretrained ViT weights reach this machine, so this small backbone is the project's own.",
-        "- **split-digits**: scikit-learn's 1,797 real 8x8 handwritten digits, seeded stratified 70/30 train/test "
-        "split, 10 classes in 5 experiences of 2 in a fixed seeded class order. **synthetic**: GENERATED 32x32 "
-        "images of 1-5 dots laid out as a row or a column, 150 per class, 5 experiences of 2 classes that differ "
-        "in count or in layout only.",
-        f"- **Budget, same for every strategy**: {budget.epochs} epochs per experience, batch {budget.batch_size}, "
-        f"AdamW, cosine learning rate to 0 within each experience, weight decay {budget.weight_decay}; base rate "
-        f"{budget.lr_adapter} for task adapters (memory / head / class token), {budget.lr_prompt} for L2P's prompts "
-        f"and head, {budget.lr_finetune} for fine-tuning a whole ViT. Seeds: Table 2 cells over {list(seeds)} "
-        f"(mean ± std), everything else seed {seeds[0]}.",
-        f"- **Baselines** (Avalanche 0.6.0): Naive, EWC (λ = {EWC_LAMBDA:g}, separate penalties), LwF (α = "
-        f"{LWF_ALPHA:g}, T = {LWF_TEMPERATURE:g}), Replay ({REPLAY_MEMORY} samples, experience-balanced), Cumulative "
-        "(joint upper bound) fine-tune the whole ViT with Avalanche's multi-head (task protocol) or incremental "
-        "(class protocol) classifier; Full = per-task full fine-tuning (one ViT copy per task); NCM = scikit-learn "
-        f"NearestCentroid on the frozen features (L2-normalised); L2P = Avalanche's LearningToPrompt (pool "
-        f"{POOL_SIZE}, length {PROMPT_LENGTH}, top-{TOP_K}) on our backbone through `scenarios/l2p.py`.",
-        f"- **Class-incremental task inference** of the memory strategy: from the same single pass; default route "
-        f"`{DEFAULT_ROUTE}` (frozen backbone features, class means and one shared covariance shrunk by "
-        f"{DEFAULT_SHRINKAGE}); the routing table compares it with nearest class mean (`nmc`), the heads' energy "
-        "(logsumexp) and max-softmax.",
-        "",
         "## Table 2 layout: task-incremental average accuracy (%)",
         "",
-        "Columns as in the paper: Full fine-tuning per task, Head only, Head + Class token, and 1 / 5 / 10 / 20 "
-        "memory tokens per layer (all with their own class token and head).",
+        TABLE2_NOTE,
         "",
         table2(cells, params),
         "## Checks",
@@ -202,27 +271,14 @@ def results_markdown(
         "",
         "## Continual-learning comparison",
         "",
-    ]
-    for name, protocols in RESULT_PLAN.items():
-        for protocol in protocols:
-            runs = [r for r in primary if (r.scenario, r.protocol) == (name, protocol)]
-            if not runs:
-                continue
-            out += [f"### {name}, {protocol}-incremental (seed {seeds[0]})", "", comparison_table(runs)]
-            routing = routing_table(runs)
-            if routing:
-                out += ["Task-id accuracy by routing method (%), all from the same single pass:", "", routing]
-    out += [
+        *_comparison_sections(_first_seed(results, seeds[0]), seeds[0]),
         "## Metrics",
         "",
         "```",
-        METRICS_DOC.strip(),
+        (METRICS_DOC or "").strip(),
         "```",
         "",
-        "Bytes stored per task count, divided by the number of tasks, every tensor kept beyond the pretrained "
-        "backbone: to serve (adapters, a fine-tuned ViT, prompts, class statistics) and to keep learning (replay "
-        "buffer, EWC importances and anchors, LwF's previous model, Cumulative's data). Backbone passes are counted "
-        "with hooks on the ViTs' patch embeddings while every learned task answers a probe batch.",
+        STORED_BYTES_NOTE,
         "",
         f"Budget as run: `{asdict(budget)}`.",
         "",

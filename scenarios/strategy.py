@@ -22,24 +22,22 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from avalanche.models import MultiTaskModule
+from avalanche.training.plugins import SupervisedPlugin
+from avalanche.training.templates import SupervisedTemplate
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from continual_mem.model import MemoryViT
 
-from . import quiet_avalanche
 from .benchmarks import Protocol
-
-quiet_avalanche()
-from avalanche.models import MultiTaskModule  # noqa: E402
-from avalanche.training.plugins import SupervisedPlugin  # noqa: E402
-from avalanche.training.templates import SupervisedTemplate  # noqa: E402
 
 Route = Literal["lda", "nmc", "energy", "max-softmax"]
 ROUTES: tuple[Route, ...] = ("lda", "nmc", "energy", "max-softmax")
 DEFAULT_ROUTE: Route = "lda"
-#: Weight of the scaled identity mixed into the shared covariance (LDA routing).
-DEFAULT_SHRINKAGE = 0.1
+#: Weight of the scaled identity mixed into the shared covariance (LDA routing); None: the
+#: Oracle Approximating Shrinkage estimate, computed from the same running statistics.
+DEFAULT_SHRINKAGE: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,9 +69,13 @@ class TaskRouter(nn.Module):
     second moment; that is all `nmc` (cosine to class means) and `lda` (Gaussian classes with a
     shared covariance, shrunk towards a scaled identity) need. Both pick the task of the best
     class. `energy` (logsumexp) and `max-softmax` compare the task heads' own logits instead.
+
+    The backbone's features are strongly anisotropic: the classes differ along low-variance
+    directions, so LDA's whitening matters and a heavy shrinkage erases it. The default shrinkage
+    is therefore estimated (OAS), not fixed.
     """
 
-    def __init__(self, dim: int, shrinkage: float = DEFAULT_SHRINKAGE) -> None:
+    def __init__(self, dim: int, shrinkage: float | None = DEFAULT_SHRINKAGE) -> None:
         super().__init__()
         self.shrinkage = shrinkage
         self.register_buffer("class_sums", torch.zeros(0, dim))
@@ -112,9 +114,10 @@ class TaskRouter(nn.Module):
             counts = self.class_counts[known].double()
             n, dim = counts.sum(), means.shape[1]
             scatter = self.second_moment.double() - (means.T * counts) @ means
-            cov = scatter / max(float(n - len(known)), 1.0)
+            cov = scatter / n
+            rho = self.shrinkage if self.shrinkage is not None else oas_shrinkage(cov, float(n))
             target = torch.eye(dim, dtype=cov.dtype, device=cov.device) * torch.trace(cov) / dim
-            cov = (1 - self.shrinkage) * cov + self.shrinkage * target
+            cov = (1 - rho) * cov + rho * target
             weights = torch.linalg.solve(cov, means.T)
             self._lda = (weights, -0.5 * (means * weights.T).sum(dim=1))
         return self._lda
@@ -142,6 +145,16 @@ class TaskRouter(nn.Module):
         return out
 
 
+def oas_shrinkage(cov: Tensor, n: float) -> float:
+    """Oracle Approximating Shrinkage (Chen et al. 2010) of a covariance estimated from n samples,
+    as scikit-learn's `sklearn.covariance.oas` computes it, but from the covariance alone."""
+    p = cov.shape[0]
+    mu = torch.trace(cov) / p
+    alpha = (cov * cov).mean()
+    den = (n + 1.0) * (alpha - mu * mu / p)
+    return 1.0 if float(den) == 0.0 else min(float((alpha + mu * mu) / den), 1.0)
+
+
 class MemoryTokenModel(MultiTaskModule):
     """Avalanche model: a frozen ViT that grows one memory-token task per experience."""
 
@@ -151,7 +164,7 @@ class MemoryTokenModel(MultiTaskModule):
         variant: AdapterVariant,
         protocol: Protocol,
         route: Route = DEFAULT_ROUTE,
-        shrinkage: float = DEFAULT_SHRINKAGE,
+        shrinkage: float | None = DEFAULT_SHRINKAGE,
     ) -> None:
         super().__init__()
         if route not in ROUTES:
@@ -168,7 +181,7 @@ class MemoryTokenModel(MultiTaskModule):
         self.last_routes: dict[Route, Tensor] = {}
 
     # ------------------------------------------------------------------------------- adaptation
-    def adaptation(self, experience) -> None:  # noqa: ANN001 (an Avalanche experience)
+    def adaptation(self, experience) -> None:
         """Before training an experience: freeze every task, add the experience's own task."""
         super().adaptation(experience)
         if not self.training:
@@ -178,6 +191,10 @@ class MemoryTokenModel(MultiTaskModule):
             return
         self.freeze_tasks()
         classes = sorted(int(c) for c in experience.classes_in_this_experience)
+        self.add_task(name, classes, [int(t) for t in experience.task_labels])
+
+    def add_task(self, name: str, classes: list[int], task_labels: list[int]) -> int:
+        """A new trainable task adapter for `classes` (benchmark class ids); returns its index."""
         adapter = self.vit.add_task(
             name, len(classes), num_memory=self.variant.num_memory, class_names=[str(c) for c in classes]
         )
@@ -187,9 +204,10 @@ class MemoryTokenModel(MultiTaskModule):
         self.task_names.append(name)
         self.task_classes.append(classes)
         if self.protocol == "task":
-            self.task_of_label.update({int(t): index for t in experience.task_labels})
+            self.task_of_label.update({t: index for t in task_labels})
         else:
             self.router.add_classes(classes, index)
+        return index
 
     def freeze_tasks(self) -> None:
         for adapter in self.vit.tasks.values():

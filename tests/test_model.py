@@ -328,3 +328,16 @@ def test_unsupported_backbones_are_refused_with_the_reason(name, kwargs, reason)
     vit = timm.create_model(name, img_size=32, patch_size=8, depth=1, embed_dim=48, num_heads=3, **kwargs)
     with pytest.raises(UnsupportedBackboneError, match=reason):
         MemoryViT(vit)
+
+
+def test_task_only_pass_skips_the_backbone_head_and_gives_the_same_logits() -> None:
+    model = model_with_tasks(a=(3, 5), b=(4, 2))
+    for i, adapter in enumerate(model.tasks.values()):
+        randomize(adapter, i)
+    x = images()
+    full = model.forward_reuse(x)
+    lean = model.forward_reuse(x, backbone_outputs=False)
+    assert lean.backbone_logits is None and lean.features is None
+    for name in ("a", "b"):
+        assert torch.equal(lean.logits[name], full.logits[name])
+        assert torch.equal(model(x, name), model.forward_reuse(x, [name]).logits[name])

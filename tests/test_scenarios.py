@@ -31,7 +31,17 @@ from scenarios.benchmarks import (
 )
 from scenarios.cli import scenario_group
 from scenarios.metrics import count_backbone_passes
-from scenarios.runner import Budget, RunResult, StrategySpec, build_strategy, compare_specs, run_strategy
+from scenarios.runner import (
+    Budget,
+    RunRequest,
+    RunResult,
+    ScenarioKey,
+    StrategySpec,
+    build_strategy,
+    compare_specs,
+    run_requests,
+    run_strategy,
+)
 from scenarios.strategy import TaskRouter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +91,7 @@ def test_split_digits_task_protocol(digits_task) -> None:
     for k, exp in enumerate(bench.train_stream):
         assert list(exp.task_labels) == [k]
         assert sorted(exp.classes_in_this_experience) == [0, 1]
-        x, y, t = exp.dataset[0]
+        x, _, t = exp.dataset[0]
         assert x.shape == (3, 32, 32) and int(t) == k
     again = split_digits(InputSpec.from_backbone(tiny_vit(num_classes=8)), "task", limit_per_class=15)
     assert torch.equal(bench.test_stream[2].dataset[3][0], again.benchmark.test_stream[2].dataset[3][0])
@@ -335,6 +345,9 @@ def test_cli_run_json_and_one_line_errors(tmp_path) -> None:
     assert [r["strategy"] for r in json.loads(listed.stdout)] == ["memory-2"]
     no_store = runner.invoke(scenario_group, ["runs"])
     assert no_store.exit_code == 1 and "no task store" in no_store.output
+    unrecorded = runner.invoke(scenario_group, args)
+    assert unrecorded.exit_code == 0 and json.loads(unrecorded.stdout)["id"] is None
+    assert "runs are not recorded" in unrecorded.stderr
 
 
 def test_quick_compare_cli(tmp_path) -> None:
@@ -346,7 +359,7 @@ def test_quick_compare_cli(tmp_path) -> None:
     out = CliRunner().invoke(
         scenario_group,
         ["compare", "split-digits", "--quick", "--backbone", "random", "--limit-per-class", "6", "--memory-sizes", "1,5",
-         "--report-dir", str(report), "--no-progress", "--json"],
+         "--report-dir", str(report), "--no-progress", "--json", "--jobs", "1"],
         obj=obj,
     )
     assert out.exit_code == 0, out.output
@@ -361,6 +374,18 @@ def test_quick_compare_cli(tmp_path) -> None:
     text = (report / "report.md").read_text()
     assert "## task-incremental" in text and "## class-incremental" in text
     assert (report / "curves-task.png").stat().st_size > 0 and (report / "matrix-task-memory-5.png").exists()
+
+
+def test_runs_in_worker_processes_match_runs_in_process(backbone) -> None:
+    requests = [
+        RunRequest(ScenarioKey("split-digits", protocol, limit_per_class=4), StrategySpec(name), FAST)
+        for protocol, name in (("task", "head-only"), ("class", "ncm"))
+    ]
+    seen = []
+    parallel = run_requests(requests, backbone, jobs=2, on_result=lambda q, r: seen.append(r.strategy), progress=False)
+    serial = run_requests(requests, backbone, jobs=1, progress=False)
+    assert [r.strategy for r in parallel] == ["head-only", "ncm"] and sorted(seen) == ["head-only", "ncm"]
+    assert [r.accuracy_matrix for r in parallel] == [r.accuracy_matrix for r in serial]
 
 
 # ------------------------------------------------------------------------------------ slow
@@ -386,7 +411,7 @@ def test_results_command_quick(tmp_path) -> None:
     out = CliRunner().invoke(
         scenario_group,
         ["results", "--quick", "--backbone", "random", "--seeds", "0", "--out", str(tmp_path / "results.md"),
-         "--report-dir", str(tmp_path / "reports"), "--no-progress"],
+         "--report-dir", str(tmp_path / "reports"), "--no-progress", "--jobs", "1"],
     )
     assert out.exit_code == 0, out.output
     assert "Table 2 layout" in (tmp_path / "results.md").read_text()
