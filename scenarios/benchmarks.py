@@ -70,6 +70,11 @@ class Scenario:
     def class_order(self) -> list[int]:
         return [c for classes in self.experience_classes for c in classes]
 
+    def class_tasks(self) -> dict[int, int]:
+        """The benchmark's class ids -> the experience (task) that holds them."""
+        stream = self.benchmark.train_stream  # type: ignore[attr-defined]
+        return {int(c): k for k, exp in enumerate(stream) for c in exp.classes_in_this_experience}
+
     def describe(self) -> dict[str, object]:
         """JSON-ready facts of the scenario, stored with every run."""
         return {
@@ -86,16 +91,6 @@ class Scenario:
 def seeded_order(num_classes: int, seed: int = ORDER_SEED) -> list[int]:
     """A random class order that depends on `seed` only."""
     return torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def parse_class_order(text: str | None) -> list[int] | None:
-    """`"3,1,4"` -> [3, 1, 4]; None or empty -> None (the scenario's default order)."""
-    if not text:
-        return None
-    try:
-        return [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise ScenarioError(f"class order must be comma-separated class ids, got {text!r}") from None
 
 
 def _check_order(order: Sequence[int], num_classes: int) -> list[int]:

@@ -112,15 +112,14 @@ def _budget(epochs: int | None, seed: int, quick: bool) -> Any:
     return replace(budget, epochs=epochs) if epochs is not None else budget
 
 
+POSITIVE = click.IntRange(min=1)
 JOBS_OPTION = click.option(
-    "--jobs", "-j", type=int, default=2, show_default=True,
+    "--jobs", "-j", type=POSITIVE, default=2, show_default=True,
     help="Runs in parallel, in worker processes (one per CPU core is about right).",
 )
 
 
 def _set_threads(ctx: click.Context, param: click.Parameter, value: int) -> int:
-    if value < 1:
-        raise click.BadParameter("must be >= 1")
     import torch
 
     torch.set_num_threads(value)
@@ -132,13 +131,13 @@ def _scenario_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--backbone", type=click.Choice(BACKBONES), default="demo", show_default=True,
                      help="demo: the project's pretrained small ViT; random: a tiny untrained ViT (smoke tests)."),
         click.option("--class-order", default=None, help="Comma-separated class ids (default: the scenario's fixed order)."),
-        click.option("--limit-per-class", type=int, default=None, help="At most this many training images per class."),
+        click.option("--limit-per-class", type=POSITIVE, default=None, help="At most this many training images per class."),
         click.option("--route", type=click.Choice(ROUTE_CHOICES), default="lda", show_default=True,
                      help="Class protocol: how the memory strategy infers the task."),
         click.option("--device", default="cpu", show_default=True),
         click.option("--download", is_flag=True, help="torchvision scenarios: download the data set if missing."),
         click.option("--progress/--no-progress", default=None, help="Progress bars (default: on terminals)."),
-        click.option("--threads", type=int, default=1, show_default=True, callback=_set_threads, expose_value=False,
+        click.option("--threads", type=POSITIVE, default=1, show_default=True, callback=_set_threads, expose_value=False,
                      help="PyTorch CPU threads per process (these small models run fastest on one, above all on a busy machine)."),
     ]
     for option in reversed(options):
@@ -146,15 +145,11 @@ def _scenario_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _scenario(name: str, backbone: Any, protocol: str, class_order: str | None, limit: int | None, download: bool) -> Any:
-    from continual_mem.data import InputSpec
+def _scenario_key(name: str, protocol: str, class_order: str | None, limit: int | None, download: bool) -> Any:
+    from .runner import ScenarioKey
 
-    from .benchmarks import build_scenario, parse_class_order
-
-    return build_scenario(
-        name, InputSpec.from_backbone(backbone), protocol, parse_class_order(class_order),
-        limit_per_class=limit, download=download,
-    )
+    order = _parse_ints(class_order, "--class-order")
+    return ScenarioKey(name, protocol, tuple(order) if order else None, limit, download)
 
 
 def _summary_line(result: Any, run_id: int | None) -> str:
@@ -182,7 +177,7 @@ def scenario_group() -> None:
 @click.option("--protocol", type=click.Choice(PROTOCOL_CHOICES), default="task", show_default=True)
 @click.option("--memory", "-m", type=int, default=None, help="Memory tokens per layer (strategy memory; default 5).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--epochs", type=int, default=None, help="Epochs per experience (default: the budget's).")
+@click.option("--epochs", type=POSITIVE, default=None, help="Epochs per experience (default: the budget's).")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=None, help="Also write a report (markdown + plots) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @_scenario_options
@@ -203,7 +198,7 @@ def run_command(
         spec = StrategySpec.parse(strategy_name, memory)
         store = _open_store(ctx)
         model = _load_backbone(backbone)
-        scenario = _scenario(name, model, protocol, class_order, limit_per_class, download)
+        scenario = _scenario_key(name, protocol, class_order, limit_per_class, download).build(model)
         result = run_strategy(scenario, spec, model, _budget(epochs, seed, False), device, route, progress)
         result.config["backbone"] = backbone
         run_id = _record(store, result)
@@ -226,7 +221,7 @@ def run_command(
 @click.option("--strategies", default=None, help="Comma-separated subset (default: every strategy of the protocol).")
 @click.option("--memory-sizes", default="1,5,10,20", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--epochs", type=int, default=None, help="Epochs per experience (default: the budget's).")
+@click.option("--epochs", type=POSITIVE, default=None, help="Epochs per experience (default: the budget's).")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=None,
               help="Where the report goes (default: reports/<name>-<time>).")
 @click.option("--json", "as_json", is_flag=True, help="Print every run as JSON.")
@@ -248,25 +243,18 @@ def compare_command(
         import torch
 
         from .report import comparison_table, write_report
-        from .runner import (
-            RunRequest,
-            ScenarioKey,
-            StrategySpec,
-            compare_specs,
-            run_requests,
-        )
+        from .runner import RunRequest, StrategySpec, compare_specs, run_requests
 
         protocols = PROTOCOL_CHOICES if protocol == "both" else (protocol,)
         sizes = _parse_ints(memory_sizes, "--memory-sizes") or []
         wanted = {StrategySpec.parse(s).label for s in strategies.split(",")} if strategies else None
         budget = _budget(epochs, seed, quick)
         limit = limit_per_class if limit_per_class is not None else (QUICK_LIMIT_PER_CLASS if quick else None)
-        order = _parse_ints(class_order, "--class-order")
         store = _open_store(ctx)
         model = _load_backbone(backbone)
         requests = []
         for proto in protocols:
-            key = ScenarioKey(name, proto, tuple(order) if order else None, limit, download)
+            key = _scenario_key(name, proto, class_order, limit, download)
             key.build(model)  # fail here, in one line, rather than in a worker
             requests += [
                 RunRequest(key, spec, budget, device, route)
@@ -336,7 +324,7 @@ def _run_dict(run: Any) -> dict[str, Any]:
 @click.option("--backbone", type=click.Choice(BACKBONES), default="demo", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--progress/--no-progress", default=None)
-@click.option("--threads", type=int, default=1, show_default=True, callback=_set_threads, expose_value=False,
+@click.option("--threads", type=POSITIVE, default=1, show_default=True, callback=_set_threads, expose_value=False,
               help="PyTorch CPU threads per process.")
 @JOBS_OPTION
 @click.pass_context

@@ -40,14 +40,19 @@ TASK_ID_PREFIX = "TaskIdAcc/eval_phase/test_stream/"
 
 
 class TaskIdAccuracy(PluginMetric[dict[str, float]]):
-    """Share of evaluated samples whose task the model inferred right, per routing method.
+    """Class protocol: share of evaluated samples whose task was inferred right.
 
-    Reads `model.last_routes` ({method: (B,) task index}) and `model.task_of_class(mb_y)`, which
-    the class-incremental memory model sets on each evaluation pass; other models are skipped.
+    The memory model sets `model.last_routes` ({method: (B,) task index}) on each evaluation pass
+    and `model.task_of_class`: every routing method is scored. For any other model, the task of
+    its predicted class (`argmax`) is scored, given `class_task` (class id -> task index).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, class_task: dict[int, int] | None = None) -> None:
         super().__init__()
+        self._class_task = None
+        if class_task:
+            self._class_task = torch.full((max(class_task) + 1,), -1, dtype=torch.long)
+            self._class_task[list(class_task)] = torch.tensor(list(class_task.values()))
         self._correct: dict[str, int] = defaultdict(int)
         self._total = 0
 
@@ -64,9 +69,14 @@ class TaskIdAccuracy(PluginMetric[dict[str, float]]):
     def after_eval_iteration(self, strategy) -> None:
         super().after_eval_iteration(strategy)
         routes = getattr(strategy.model, "last_routes", None)
-        if not routes:
+        if routes:
+            truth = strategy.model.task_of_class(strategy.mb_y)
+        elif self._class_task is not None:
+            lookup = self._class_task.to(strategy.mb_y.device)
+            truth = lookup[strategy.mb_y]
+            routes = {"argmax": lookup[strategy.mb_output.argmax(dim=1).clamp(max=len(lookup) - 1)]}
+        else:
             return
-        truth = strategy.model.task_of_class(strategy.mb_y)
         for method, predicted in routes.items():
             self._correct[method] += int((predicted == truth).sum())
         self._total += int(truth.shape[0])
@@ -79,8 +89,10 @@ class TaskIdAccuracy(PluginMetric[dict[str, float]]):
         return "TaskIdAcc"
 
 
-def make_evaluator() -> EvaluationPlugin:
+def make_evaluator(class_task: dict[int, int] | None = None) -> EvaluationPlugin:
     """Accuracy per experience and stream, forgetting, BWT and task-id accuracy; no loggers.
+
+    `class_task` (class protocol: class id -> task index) lets any model's task-id accuracy be read.
 
     Results are read from `strategy.eval(...)`'s return value, so Avalanche's warning that
     nothing will be logged is silenced.
@@ -91,7 +103,7 @@ def make_evaluator() -> EvaluationPlugin:
             accuracy_metrics(experience=True, stream=True),
             forgetting_metrics(experience=True, stream=True),
             bwt_metrics(experience=True, stream=True),
-            TaskIdAccuracy(),
+            TaskIdAccuracy(class_task),
             loggers=[],
         )
 

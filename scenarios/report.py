@@ -57,7 +57,7 @@ def comparison_table(results: Sequence[RunResult]) -> str:
 
 def routing_table(results: Sequence[RunResult]) -> str:
     """Class protocol: task-id accuracy of every routing method, per memory-strategy run."""
-    routed = [r for r in results if r.metrics.get("task_id_accuracy_by_route")]
+    routed = [r for r in results if len(r.metrics.get("task_id_accuracy_by_route") or {}) > 1]
     if not routed:
         return ""
     methods = list(routed[0].metrics["task_id_accuracy_by_route"])
@@ -123,9 +123,13 @@ def plot_accuracy_curves(results: Sequence[RunResult], path: Path, title: str) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r in results:
+    colors = plt.get_cmap("tab20").colors
+    for i, r in enumerate(results):
         ys = [100 * sum(row) / len(row) for row in r.accuracy_matrix]
-        ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=3, label=r.strategy)
+        own = r.strategy.startswith(("memory", "head"))  # the memory strategy's variants: solid lines
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=3, label=r.strategy,
+                color=colors[i % len(colors)], linestyle="-" if own else "--")
+    ax.set_xticks(range(1, max(len(r.accuracy_matrix) for r in results) + 1))
     ax.set_xlabel("experiences learned")
     ax.set_ylabel("average accuracy on seen experiences (%)")
     ax.set_title(title, fontsize=10)

@@ -155,7 +155,7 @@ def build_strategy(
         "train_epochs": budget.epochs,
         "eval_mb_size": budget.eval_batch_size,
         "device": device,
-        "evaluator": make_evaluator(),
+        "evaluator": make_evaluator(scenario.class_tasks() if scenario.protocol == "class" else None),
         "plugins": [TrainableCounter(), CosineSchedule(lr)],
     }
     if spec.name in ADAPTER_STRATEGIES:
@@ -233,7 +233,7 @@ def run_strategy(
         "average_accuracy": average_accuracy(matrix),
         "forgetting": float(metrics.get(FORGETTING_KEY, 0.0)),
         "bwt": float(metrics.get(BWT_KEY, 0.0)),
-        "task_id_accuracy": task_ids.get(route),
+        "task_id_accuracy": task_ids.get(route, task_ids.get("argmax")),
         "task_id_accuracy_by_route": task_ids or None,
         "trainable_params_per_task": sum(counter.per_experience) / n,
         "stored_bytes_per_task": stored.total / n,
