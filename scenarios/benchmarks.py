@@ -54,7 +54,7 @@ class Scenario:
 
     name: str
     protocol: Protocol
-    benchmark: object  # avalanche NCScenario (kept untyped so this module imports Avalanche lazily)
+    benchmark: Any  # Avalanche's NCScenario (untyped here: this module imports Avalanche lazily)
     class_names: list[str]
     experience_classes: list[list[int]]
     source: str
@@ -72,7 +72,7 @@ class Scenario:
 
     def class_tasks(self) -> dict[int, int]:
         """The benchmark's class ids -> the experience (task) that holds them."""
-        stream = self.benchmark.train_stream  # type: ignore[attr-defined]
+        stream = self.benchmark.train_stream
         return {int(c): k for k, exp in enumerate(stream) for c in exp.classes_in_this_experience}
 
     def describe(self) -> dict[str, object]:
@@ -172,10 +172,14 @@ def _model_input(images: Tensor, input_spec: InputSpec, chunk: int = 2048) -> Te
     return torch.cat([input_spec(images[i : i + chunk]) for i in range(0, len(images), chunk)])
 
 
-def _split(data: LabeledImages, limit: int | None) -> tuple[LabeledImages, LabeledImages]:
-    train, test = split_train_val(data, TEST_FRACTION, SPLIT_SEED)
+def _limit_both(train: LabeledImages, test: LabeledImages, limit: int | None) -> tuple[LabeledImages, LabeledImages]:
+    """`limit` training images per class, and test images in the split's proportion."""
     test_limit = None if limit is None else max(1, round(limit * TEST_FRACTION / (1 - TEST_FRACTION)))
     return _limit_per_class(train, limit, SPLIT_SEED), _limit_per_class(test, test_limit, SPLIT_SEED)
+
+
+def _split(data: LabeledImages, limit: int | None) -> tuple[LabeledImages, LabeledImages]:
+    return _limit_both(*split_train_val(data, TEST_FRACTION, SPLIT_SEED), limit)
 
 
 def split_digits(
@@ -193,6 +197,12 @@ def split_digits(
     )
 
 
+#: synthetic's class ids are 2*(dots-1) + (0 row, 1 column). Tasks: 4 vs 5 dots in a row, 3 dots in a
+#: row vs a column, 1 vs 2 dots (row), 4 vs 5 dots in a column, 1 vs 2 dots (column). One dot has no
+#: layout, so "1 row" and "1 column" are never asked apart within a task.
+SYNTHETIC_ORDER = [6, 8, 4, 5, 0, 2, 7, 9, 1, 3]
+
+
 def split_synthetic(
     input_spec: InputSpec,
     protocol: Protocol = "task",
@@ -204,7 +214,7 @@ def split_synthetic(
     """GENERATED dot-counting images (1..5 dots as a row or a column), 10 classes in 5 tasks.
 
     The default order pairs classes that differ in one attribute only, count or layout, so every
-    task needs a fine distinction the pretraining shapes never asked for (head-only stays far
+    task needs a fine distinction the pretraining data never asked for (head-only stays far
     from 100%).
     """
     data = synthetic(n_per_class=n_per_class)
@@ -215,12 +225,6 @@ def split_synthetic(
         {"test_fraction": TEST_FRACTION, "split_seed": SPLIT_SEED, "limit_per_class": limit_per_class,
          "n_per_class": n_per_class},
     )
-
-
-#: synthetic's class ids are 2*(dots-1) + (0 row, 1 column). Tasks: 4 vs 5 dots in a row, 3 dots in a
-#: row vs a column, 1 vs 2 dots (row), 4 vs 5 dots in a column, 1 vs 2 dots (column). One dot has no
-#: layout, so "1 row" and "1 column" are never asked apart within a task.
-SYNTHETIC_ORDER = [6, 8, 4, 5, 0, 2, 7, 9, 1, 3]
 
 
 def split_image_folder(
@@ -272,11 +276,9 @@ def split_torchvision(
     Uses the set's own train/test split; `limit_per_class` caps training images per class (and
     test images in proportion).
     """
-    train = _torchvision_images(name, root, True, download)
-    test = _torchvision_images(name, root, False, download)
-    test_limit = None if limit_per_class is None else max(1, round(limit_per_class * TEST_FRACTION / (1 - TEST_FRACTION)))
-    train = _limit_per_class(train, limit_per_class, SPLIT_SEED)
-    test = _limit_per_class(test, test_limit, SPLIT_SEED)
+    train, test = _limit_both(
+        _torchvision_images(name, root, True, download), _torchvision_images(name, root, False, download), limit_per_class
+    )
     return from_labeled_images(
         f"torchvision:{name}", train, test, input_spec, protocol, n_experiences, class_order,
         {"root": str(root), "limit_per_class": limit_per_class},

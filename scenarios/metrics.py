@@ -5,9 +5,10 @@ experiences, j <= i, accuracies in [0, 1]); all read from Avalanche's Evaluation
   * average accuracy  A = (1/T) * sum_j R[T-1][j]   (mean over experiences, not over samples);
   * forgetting        F = (1/(T-1)) * sum_{j<T-1} (R[j][j] - R[T-1][j])   (`StreamForgetting`);
   * backward transfer BWT = (1/(T-1)) * sum_{j<T-1} (R[T-1][j] - R[j][j]) = -F   (`StreamBWT`).
-Also: task-id accuracy (class-incremental memory strategy: share of test samples routed to their
-own task), trainable parameters per task, bytes stored per task, backbone passes per sample to
-serve every task (counted with hooks on the ViTs' patch embeddings), wall time.
+Also: task-id accuracy (class protocol: share of test samples given to their own task, by the
+memory strategy's routing or, for other learners, by the task of the predicted class), trainable
+parameters per task, bytes stored per task, backbone passes per image to serve every task
+(counted with hooks on the ViTs' patch embeddings), wall time.
 """
 
 from __future__ import annotations

@@ -19,11 +19,12 @@ def pct(value: float | None, digits: int = 1) -> str:
 
 
 def human_bytes(n: float) -> str:
+    unit = "B"
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            break
         n /= 1024
-    raise AssertionError("unreachable")
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
 
 
 def human_count(n: float) -> str:

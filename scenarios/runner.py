@@ -17,6 +17,14 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from . import avalanche_deprecations_dropped
+from .baselines import (
+    FINETUNE_STRATEGIES,
+    NCMModel,
+    NCMStrategy,
+    finetune_model,
+    finetune_strategy,
+    per_task_finetune_strategy,
+)
 from .benchmarks import Protocol, Scenario, ScenarioError
 from .metrics import (
     BWT_KEY,
@@ -31,10 +39,17 @@ from .metrics import (
     stored_bytes,
     task_id_accuracies,
 )
-from .strategy import DEFAULT_ROUTE, HEAD_CLASS, HEAD_ONLY, AdapterVariant, Route
+from .strategy import (
+    DEFAULT_ROUTE,
+    HEAD_CLASS,
+    HEAD_ONLY,
+    AdapterVariant,
+    MemoryTokenModel,
+    MemoryTokenStrategy,
+    Route,
+)
 
 ADAPTER_STRATEGIES = ("memory", "head-only", "head-class")
-FINETUNE_STRATEGIES = ("naive", "ewc", "lwf", "replay", "cumulative")
 STRATEGIES = (*ADAPTER_STRATEGIES, "full-ft", *FINETUNE_STRATEGIES, "l2p", "ncm")
 MEMORY_SIZES = (1, 5, 10, 20)
 #: Strategies that need the task label at test (per-task models) or that only exist without one.
@@ -138,15 +153,6 @@ def build_strategy(
     route: Route = DEFAULT_ROUTE,
 ):
     """The Avalanche strategy of `spec` on `backbone` (which it may train: pass a copy)."""
-    from .baselines import (
-        NCMModel,
-        NCMStrategy,
-        finetune_model,
-        finetune_strategy,
-        per_task_finetune_strategy,
-    )
-    from .strategy import MemoryTokenModel, MemoryTokenStrategy
-
     if not spec.supports(scenario.protocol):
         raise ScenarioError(f"{spec.label} runs in the {ONLY_PROTOCOL[spec.name]} protocol only")
     lr = budget.lr_for(spec)
