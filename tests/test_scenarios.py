@@ -42,7 +42,7 @@ from scenarios.runner import (
     run_requests,
     run_strategy,
 )
-from scenarios.strategy import TaskRouter
+from scenarios.strategy import TaskRouter, oas_shrinkage
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = Budget(epochs=1, batch_size=16)
@@ -238,6 +238,15 @@ def test_task_router_on_separable_features() -> None:
     routes = router.routes(features, [torch.zeros(180, 2)] * 3)
     truth = labels // 2
     assert torch.equal(routes["lda"], truth) and torch.equal(routes["nmc"], truth)
+
+
+def test_oas_shrinkage_matches_scikit_learn() -> None:
+    from sklearn.covariance import oas
+
+    x = torch.randn(200, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * torch.linspace(0.1, 4, 12)
+    _, expected = oas(x.numpy())
+    centred = x - x.mean(0)
+    assert math.isclose(oas_shrinkage(centred.T @ centred / 200, 200.0), expected, rel_tol=1e-9)
 
 
 # ------------------------------------------------------------------------------------ baselines
