@@ -321,14 +321,17 @@ def _fake_result(strategy: str, protocol: str, accuracy: float, seed: int = 0) -
     return RunResult("split-digits", strategy, protocol, [[accuracy]], metrics, {"budget": {"seed": seed}}, 2.0)
 
 
-def test_results_document_layout() -> None:
-    from scenarios.results import results_markdown
+def test_results_document_layout(tmp_path) -> None:
+    from scenarios.results import ALL_RESULTS, render_results
 
     results = [_fake_result(c, "task", a, s) for c, a in (("memory-5", 0.9), ("head-only", 0.8), ("full-ft", 0.95)) for s in (0, 1)]
     results += [_fake_result("memory-5", "class", 0.7), _fake_result("l2p", "class", 0.5)]
     facts = {"architecture": "vit", "config": {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 192, "num_heads": 3},
              "parameters": 1e6, "sha256": "ab" * 32, "pretraining": "`builtin:shapes`"}
-    doc = results_markdown(results, facts, Budget(), [0, 1], False, "cmem scenario results", 60.0)
+    kept = {"facts": facts, "budget": vars(Budget()), "seeds": [0, 1], "quick": False, "command": "cmem scenario results",
+            "elapsed_s": 60.0, "generated_at": "2026-01-01T00:00:00+00:00", "results": [r.to_dict() for r in results]}
+    (tmp_path / ALL_RESULTS).write_text(json.dumps(kept))
+    doc = render_results(tmp_path)
     assert "| Full | Head only | Head + Class | 1 | 5 | 10 | 20 |" in doc
     assert "| split-digits | 95.0 ± 0.0 | 80.0 ± 0.0 | – | – | 90.0 ± 0.0 | – | – |" in doc
     assert "+10.0 points; claim >= +2: **holds**" in doc and "5.0 points behind; claim <= 3: **does not hold**" in doc
@@ -427,4 +430,10 @@ def test_results_command_quick(tmp_path) -> None:
          "--report-dir", str(tmp_path / "reports"), "--no-progress", "--jobs", "1"],
     )
     assert out.exit_code == 0, out.output
-    assert "Table 2 layout" in (tmp_path / "results.md").read_text()
+    document = (tmp_path / "results.md").read_text()
+    assert "Table 2 layout" in document
+    again = CliRunner().invoke(
+        scenario_group,
+        ["results", "--render-only", "--out", str(tmp_path / "again.md"), "--report-dir", str(tmp_path / "reports")],
+    )
+    assert again.exit_code == 0 and (tmp_path / "again.md").read_text() == document
