@@ -103,6 +103,17 @@ class TaskAdapter(nn.Module):
     def num_memory(self) -> int:
         return self.config.num_memory
 
+    def param_groups(self, lr: float, head_lr: float) -> list[dict]:
+        """Optimizer groups of the trainable tensors: memory and class token at `lr`, the head at `head_lr`.
+
+        Tokens enter every block through its LayerNorm, which removes their scale: an Adam step as
+        large as the head's would turn a token's direction at random. The head is a plain linear
+        layer on normalised features and learns fastest at a larger rate.
+        """
+        tokens = [p for p in (self.memory, self.cls_token) if p.requires_grad]
+        head = [p for p in self.head.parameters() if p.requires_grad]
+        return [g for g in ({"params": tokens, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
+
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

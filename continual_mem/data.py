@@ -5,8 +5,9 @@ Sources (strings, as the CLI takes them):
   * `builtin:digits[?classes=5,6]`: scikit-learn's real 8x8 handwritten digits (1,797 images);
   * `builtin:synthetic[?classes=..&n=..&seed=..]`: GENERATED dot-counting images (class = number of
     dots and their layout), made to be hard for a frozen backbone's head alone;
-  * `builtin:shapes[?n=..&seed=..]`: GENERATED geometric shapes, the pretraining data of the
-    project's demo backbone; disjoint from every downstream source above.
+  * `builtin:glyphs[?n=..&seed=..&lowres=..]`: GENERATED pen-stroke glyphs, the pretraining data of
+    the project's demo backbone; disjoint from every downstream source above;
+  * `builtin:shapes[?n=..&seed=..]`: GENERATED geometric shapes, a simpler pretraining set.
 All sources give float images in [0, 1], (N, C, H, W), before the backbone's own transform.
 """
 
@@ -113,10 +114,13 @@ def _shapes_from_options(options: dict[str, str]) -> LabeledImages:
 
 
 def _glyphs_from_options(options: dict[str, str]) -> LabeledImages:
-    unknown = set(options) - {"n", "seed"}
+    unknown = set(options) - {"n", "seed", "lowres"}
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}")
-    return glyphs(n_per_class=int(options.get("n", 80)), seed=int(options.get("seed", 0)))
+    lowres = float(options.get("lowres", GLYPH_LOWRES))
+    if not 0.0 <= lowres <= 1.0:
+        raise ValueError(f"lowres is a fraction in [0, 1], got {lowres}")
+    return glyphs(n_per_class=int(options.get("n", GLYPH_PER_CLASS)), seed=int(options.get("seed", 0)), lowres=lowres)
 
 
 def _select_classes(data: LabeledImages, classes: Sequence[int] | None) -> LabeledImages:
@@ -189,6 +193,10 @@ def shapes(n_per_class: int = 600, seed: int = 0, size: int = SYNTHETIC_SIZE) ->
 
 
 GLYPH_CLASSES = 64
+GLYPH_PER_CLASS = 160
+#: Fraction of glyph images scanned at a low resolution, and the sides (px) they are scanned at.
+GLYPH_LOWRES = 0.5
+GLYPH_LOW_SIDES = (8, 10, 12, 16)
 
 
 def _bezier_points(controls: np.ndarray, steps: int = 24) -> np.ndarray:
@@ -216,11 +224,19 @@ def _jittered(strokes: list[np.ndarray], size: int, rng: np.random.Generator) ->
     return [(c - center) @ rot.T + center + shift + rng.normal(0, 1.0, c.shape).astype(np.float32) for c in strokes]
 
 
-def glyphs(n_per_class: int = 80, seed: int = 0, size: int = SYNTHETIC_SIZE, num_classes: int = GLYPH_CLASSES) -> LabeledImages:
+def glyphs(
+    n_per_class: int = GLYPH_PER_CLASS,
+    seed: int = 0,
+    size: int = SYNTHETIC_SIZE,
+    num_classes: int = GLYPH_CLASSES,
+    lowres: float = GLYPH_LOWRES,
+) -> LabeledImages:
     """GENERATED pretraining data: 64 random pen-stroke glyphs (2-3 curves each), drawn by varied hands.
 
     Each class is a fixed random set of quadratic curves; samples rotate, scale, shift and jitter
-    them and vary the pen. No glyph is a digit: the classes are random curves.
+    them and vary the pen. No glyph is a digit: the classes are random curves. A `lowres` fraction
+    of the images is scanned at 8-16 px and scaled back up, so a backbone pretrained on them also
+    knows blurry, low-resolution strokes (downstream sources are often small images scaled up).
     """
     rng = np.random.default_rng(seed + 7_919)
     margin = size * 0.12
@@ -235,11 +251,24 @@ def glyphs(n_per_class: int = 80, seed: int = 0, size: int = SYNTHETIC_SIZE, num
             images.append(_finish(canvas * rng.uniform(0.7, 1.0), rng, 0.05))
             labels.append(label)
     return LabeledImages(
-        torch.from_numpy(np.stack(images).astype(np.float32)).unsqueeze(1),
+        _low_resolution(torch.from_numpy(np.stack(images).astype(np.float32)).unsqueeze(1), lowres, rng),
         torch.tensor(labels),
         [f"glyph-{i:02d}" for i in range(num_classes)],
         "builtin:glyphs",
     )
+
+
+def _low_resolution(images: Tensor, fraction: float, rng: np.random.Generator) -> Tensor:
+    """A random `fraction` of the images shrunk (area) to 8-16 px, then scaled back up (bilinear)."""
+    picked = rng.random(len(images)) < fraction
+    sides = rng.choice(GLYPH_LOW_SIDES, size=len(images))
+    out = images.clone()
+    for side in GLYPH_LOW_SIDES:
+        rows = torch.from_numpy(np.flatnonzero(picked & (sides == side)))
+        if len(rows):
+            small = F.interpolate(images[rows], size=(side, side), mode="area")
+            out[rows] = F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return out
 
 
 SYNTHETIC_CLASSES = tuple(f"{n}-dots-{layout}" for n in range(1, 6) for layout in ("row", "column"))

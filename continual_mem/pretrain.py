@@ -1,8 +1,9 @@
 """Pretrain a small ViT here, since no model hub reaches this machine.
 
 The demo backbone is timm's `vit_tiny_patch16_224` architecture shrunk to 32x32 images (patch 4,
-depth 4) and pretrained from scratch on GENERATED geometric shapes (`builtin:shapes`), data disjoint
-from every downstream source (digits, dot counting). Results shown with it say so.
+depth 4) and pretrained from scratch on GENERATED pen-stroke glyphs (`builtin:glyphs`: 64 classes of
+random curves, half of them scanned at a low resolution), data disjoint from every downstream source
+(digits, dot counting). Results shown with it say so.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .data import InputSpec, LabeledImages, load_source
 
 DEMO_MODEL = "vit_tiny_patch16_224"
 DEMO_KWARGS: dict[str, Any] = {"img_size": 32, "patch_size": 4, "depth": 4}
-DEMO_DATA = "builtin:shapes"
+DEMO_DATA = "builtin:glyphs"
 DEMO_EPOCHS = 4
 
 
@@ -102,11 +103,13 @@ def demo_backbone(cache_dir: Path | None = None, config: PretrainConfig = Pretra
     Loads through timm's real local-weights path, so the cached file is used like any other.
     """
     cache_dir = Path(cache_dir or os.environ.get("CMEM_CACHE", Path.home() / ".cache" / "continual-mem"))
-    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = cache_dir / f"demo-backbone-{digest}.safetensors"
+    data = load_source(config.data)
+    # The data's own fingerprint joins the key: a change to a generator's defaults retrains.
+    key = json.dumps({**asdict(config), "data_fingerprint": data.fingerprint()}, sort_keys=True, default=str)
+    path = cache_dir / f"demo-backbone-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         model, _ = pretrain_backbone(config)
         save_backbone(model, path, pretrain_metadata(config))
-    num_classes = len(load_source(config.data).class_names)
+    num_classes = len(data.class_names)
     return create_backbone(config.model_name, weights=path, exact=True, num_classes=num_classes, **dict(config.model_kwargs))

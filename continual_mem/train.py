@@ -25,11 +25,16 @@ from .model import MemoryViT
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How one task is trained. `steps`, when given, overrides `epochs`."""
+    """How one task is trained. `steps`, when given, overrides `epochs`.
+
+    `lr` is the rate of the memory and class token, `head_lr` the head's (see
+    `TaskAdapter.param_groups`).
+    """
 
     epochs: int = 10
     steps: int | None = None
-    lr: float = 3e-2
+    lr: float = 3e-3
+    head_lr: float = 3e-2
     weight_decay: float = 0.0
     batch_size: int = 16
     seed: int = 0
@@ -43,8 +48,8 @@ class TrainConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if not (self.lr > 0 and self.head_lr > 0):
+            raise ValueError(f"learning rates must be > 0, got {self.lr} and {self.head_lr} (head)")
 
 
 @dataclass
@@ -134,7 +139,8 @@ def fit_task(
     n = images.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    groups = model.adapter(task).param_groups(config.lr, config.head_lr)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))
     )

@@ -130,7 +130,8 @@ class CosineSchedule(SupervisedPlugin):
     """The same learning-rate schedule for every strategy: cosine from `lr` to 0 per experience.
 
     Sets each parameter group's rate before every iteration, so it works whatever optimizer a
-    strategy builds or rebuilds (Avalanche's own, L2P's, the memory strategy's).
+    strategy builds or rebuilds (Avalanche's own, L2P's, the memory strategy's). A group with its
+    own `base_lr` (the memory strategy's heads) decays from that instead.
     """
 
     def __init__(self, lr: float) -> None:
@@ -143,9 +144,9 @@ class CosineSchedule(SupervisedPlugin):
 
     def before_training_iteration(self, strategy, *args, **kwargs) -> None:
         step = min(strategy.clock.train_exp_iterations, self._total)
-        rate = self.lr * 0.5 * (1.0 + math.cos(math.pi * step / self._total))
+        factor = 0.5 * (1.0 + math.cos(math.pi * step / self._total))
         for group in strategy.optimizer.param_groups:
-            group["lr"] = rate
+            group["lr"] = group.get("base_lr", self.lr) * factor
 
 
 class TrainableCounter(SupervisedPlugin):

@@ -10,8 +10,18 @@ from pathlib import Path
 
 from .runner import RunResult
 
-TABLE2_COLUMNS = ("full-ft", "head-only", "head-class", "memory-1", "memory-5", "memory-10", "memory-20")
 TABLE2_HEADERS = ("Full", "Head only", "Head + Class", "1", "5", "10", "20")
+TABLE2_MEMORY_SIZES = (1, 5, 10, 20)
+
+
+def table2_columns(attention: str) -> tuple[str, ...]:
+    """The run labels under TABLE2_HEADERS, with memory in the given attention mode."""
+    prefix = "memory-full-" if attention == "full" else "memory-"
+    return ("full-ft", "head-only", "head-class", *(f"{prefix}{m}" for m in TABLE2_MEMORY_SIZES))
+
+
+#: Every run label Table 2 shows (its cells are averaged over seeds).
+TABLE2_COLUMNS = tuple(dict.fromkeys((*table2_columns("full"), *table2_columns("reuse"))))
 
 
 def pct(value: float | None, digits: int = 1) -> str:
@@ -71,20 +81,20 @@ def routing_table(results: Sequence[RunResult]) -> str:
 
 
 def table2(cells: dict[str, dict[str, list[float]]], params: dict[str, dict[str, float]] | None = None) -> str:
-    """The paper's Table 2 layout: average accuracy (%) per scenario and column, mean ± std over seeds.
+    """The paper's Table 2 layout: average accuracy (%) per row and column, mean ± std over seeds.
 
-    `cells[scenario][column]` holds one average accuracy per seed; `params` (optional) adds a row of
-    trainable parameters per task for each scenario.
+    `cells[row][header]` holds one average accuracy per seed, headers from TABLE2_HEADERS;
+    `params[row][header]` (optional) adds a row of trainable parameters per task after that row.
     """
-    head = "| data set | " + " | ".join(TABLE2_HEADERS) + " |\n|---|" + "---:|" * len(TABLE2_COLUMNS) + "\n"
+    head = "| data set | " + " | ".join(TABLE2_HEADERS) + " |\n|---|" + "---:|" * len(TABLE2_HEADERS) + "\n"
     rows = []
-    for scenario, by_column in cells.items():
+    for row, by_header in cells.items():
         rows.append(
-            f"| {scenario} | " + " | ".join(_mean_std(by_column[c]) if by_column.get(c) else "–" for c in TABLE2_COLUMNS) + " |"
+            f"| {row} | " + " | ".join(_mean_std(by_header[h]) if by_header.get(h) else "–" for h in TABLE2_HEADERS) + " |"
         )
-        if params and scenario in params:
+        if params and row in params:
             rows.append(
-                "| *params / task* | " + " | ".join(human_count(params[scenario][c]) if c in params[scenario] else "–" for c in TABLE2_COLUMNS) + " |"
+                "| *params / task* | " + " | ".join(human_count(params[row][h]) if h in params[row] else "–" for h in TABLE2_HEADERS) + " |"
             )
     return head + "\n".join(rows) + "\n"
 

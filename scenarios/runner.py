@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from continual_mem.adapter import AttentionMode
+
 from . import avalanche_deprecations_dropped
 from .baselines import (
     FINETUNE_STRATEGIES,
@@ -59,38 +61,52 @@ PROBE_IMAGES = 8
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """A strategy name, plus the memory size for `memory`."""
+    """A strategy name, plus the memory size and attention mode for `memory`."""
 
     name: str
     memory: int = 5
+    attention: AttentionMode = "reuse"
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
-            raise ScenarioError(f"unknown strategy {self.name!r} (known: {', '.join(STRATEGIES)}, memory-M)")
+            raise ScenarioError(f"unknown strategy {self.name!r} (known: {', '.join(STRATEGIES)}, memory-M, memory-full-M)")
         if self.name == "memory" and self.memory < 1:
             raise ScenarioError(f"memory size must be >= 1, got {self.memory}")
 
     @classmethod
     def parse(cls, text: str, memory: int | None = None) -> StrategySpec:
-        """`memory-10`, `memory` (with `memory` or 5 tokens), or any other strategy name."""
-        name, _, size = text.partition("-")
-        if name == "memory" and size:
-            try:
-                return cls("memory", int(size))
-            except ValueError:
-                raise ScenarioError(f"bad memory strategy {text!r}; expected memory-M") from None
-        return cls(text, memory if memory is not None else 5)
+        """`memory-10`, `memory-full-10` (input tokens attend to the memory too), `memory` or
+        `memory-full` (with `memory` or 5 tokens), or any other strategy name."""
+        name, _, rest = text.partition("-")
+        if name != "memory":
+            return cls(text, memory if memory is not None else 5)
+        attention: AttentionMode = "reuse"
+        if rest == "full" or rest.startswith("full-"):
+            attention, rest = "full", rest[len("full-") :]
+        if not rest:
+            return cls("memory", memory if memory is not None else 5, attention)
+        try:
+            return cls("memory", int(rest), attention)
+        except ValueError:
+            raise ScenarioError(f"bad memory strategy {text!r}; expected memory-M or memory-full-M") from None
 
     @property
     def label(self) -> str:
-        return f"memory-{self.memory}" if self.name == "memory" else self.name
+        return self.variant.label if self.name == "memory" else self.name
 
     def supports(self, protocol: Protocol) -> bool:
-        return ONLY_PROTOCOL.get(self.name, protocol) == protocol
+        return self.only_protocol in (None, protocol)
+
+    @property
+    def only_protocol(self) -> Protocol | None:
+        """The one protocol this strategy runs in, if it does not run in both."""
+        return "task" if self.attention == "full" else ONLY_PROTOCOL.get(self.name)
 
     @property
     def variant(self) -> AdapterVariant:
-        return {"memory": AdapterVariant(self.memory), "head-only": HEAD_ONLY, "head-class": HEAD_CLASS}[self.name]
+        if self.name == "memory":
+            return AdapterVariant(self.memory, attention=self.attention)
+        return {"head-only": HEAD_ONLY, "head-class": HEAD_CLASS}[self.name]
 
 
 @dataclass(frozen=True)
@@ -98,8 +114,10 @@ class Budget:
     """Training budget shared by every strategy of a comparison.
 
     One schedule for all (AdamW, cosine from the base rate to 0 within each experience, same
-    epochs, batch size and seed); the base rate depends on what is trained: task adapters and L2P
-    prompts learn from scratch and take a high rate, fine-tuning a whole pretrained ViT a low one.
+    epochs, batch size and seed); the base rate depends on what is trained: task heads and L2P
+    prompts learn from scratch and take a high rate, memory and class tokens a tenth of it (they
+    pass through LayerNorm, see `TaskAdapter.param_groups`), fine-tuning a whole pretrained ViT a
+    low one.
     NCM is fitted in one pass over the data, without gradients. The defaults fit the full
     split-digits comparison into 20 minutes on 2 CPU cores; with about 250 training images per
     experience they give 80 optimizer steps per experience.
@@ -108,7 +126,8 @@ class Budget:
     epochs: int = 5
     batch_size: int = 16
     eval_batch_size: int = 256
-    lr_adapter: float = 3e-2
+    lr_adapter: float = 3e-3
+    lr_head: float = 3e-2
     lr_prompt: float = 3e-2
     lr_finetune: float = 1e-4
     weight_decay: float = 0.0
@@ -154,7 +173,7 @@ def build_strategy(
 ):
     """The Avalanche strategy of `spec` on `backbone` (which it may train: pass a copy)."""
     if not spec.supports(scenario.protocol):
-        raise ScenarioError(f"{spec.label} runs in the {ONLY_PROTOCOL[spec.name]} protocol only")
+        raise ScenarioError(f"{spec.label} runs in the {spec.only_protocol} protocol only")
     lr = budget.lr_for(spec)
     common: dict[str, Any] = {
         "train_mb_size": budget.batch_size,
@@ -166,7 +185,7 @@ def build_strategy(
     }
     if spec.name in ADAPTER_STRATEGIES:
         model = MemoryTokenModel(backbone, spec.variant, scenario.protocol, route)
-        return MemoryTokenStrategy(model=model, lr=lr, weight_decay=budget.weight_decay, **common)
+        return MemoryTokenStrategy(model=model, lr=lr, head_lr=budget.lr_head, weight_decay=budget.weight_decay, **common)
     if spec.name == "full-ft":
         return per_task_finetune_strategy(backbone, lr, budget.weight_decay, **common)
     if spec.name in FINETUNE_STRATEGIES:
@@ -296,8 +315,12 @@ class RunRequest:
 #: longest runs first so that parallel workers finish together.
 RELATIVE_COST = {
     "cumulative": 3.0, "lwf": 1.9, "replay": 1.7, "ewc": 1.4, "l2p": 1.3, "full-ft": 1.1, "naive": 1.0,
-    "memory": 0.5, "head-class": 0.5, "head-only": 0.5, "ncm": 0.1,
+    "memory-full": 0.9, "memory": 0.5, "head-class": 0.5, "head-only": 0.5, "ncm": 0.1,
 }
+
+
+def _relative_cost(spec: StrategySpec) -> float:
+    return RELATIVE_COST.get("memory-full" if spec.attention == "full" else spec.name, 1.0)
 
 
 class _Worker:
@@ -355,7 +378,7 @@ def run_requests(
     else:
         context = get_context("spawn")  # a fresh interpreter: no forked torch thread pools
         with ProcessPoolExecutor(jobs, mp_context=context, initializer=_Worker.start, initargs=(backbone, threads)) as pool:
-            longest_first = sorted(range(len(requests)), key=lambda i: -RELATIVE_COST.get(requests[i].spec.name, 1.0))
+            longest_first = sorted(range(len(requests)), key=lambda i: -_relative_cost(requests[i].spec))
             futures = {pool.submit(_Worker.run, requests[i]): i for i in longest_first}
             for future in as_completed(futures):
                 i = futures[future]
@@ -368,7 +391,9 @@ def run_requests(
 
 
 def compare_specs(protocol: Protocol, memory_sizes: Sequence[int] = MEMORY_SIZES) -> list[StrategySpec]:
-    """Every strategy that runs in `protocol`: memory sizes, the paper's columns, the baselines."""
+    """Every strategy that runs in `protocol`: memory sizes (reuse, and full attention where the
+    task label is given), the paper's columns, the baselines."""
     specs = [StrategySpec("memory", m) for m in memory_sizes]
+    specs += [StrategySpec("memory", m, "full") for m in memory_sizes]
     specs += [StrategySpec(name) for name in STRATEGIES if name != "memory"]
     return [s for s in specs if s.supports(protocol)]

@@ -5,6 +5,9 @@
   and freezes the earlier ones. Training runs the new task alone; evaluation answers EVERY seen
   task from one `forward_reuse` pass per batch (one backbone pass), then picks per sample the
   task it was asked (task-incremental) or the task it infers (class-incremental).
+  With `attention="full"` (the paper's Table 2 setting, task-incremental only) the input tokens
+  attend to the task's memory too: each sample runs through its own task (mixed-task batches
+  stay one pass), but serving every task for one image takes one pass per task.
 * `MemoryTokenPlugin` feeds the task router with the backbone features the training passes
   already computed, and freezes the task when its experience ends.
 * `MemoryTokenStrategy` (a `TrainableOnlyTemplate`) rebuilds the optimizer over the trainable
@@ -28,6 +31,7 @@ from avalanche.training.templates import SupervisedTemplate
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from continual_mem.adapter import AttentionMode
 from continual_mem.model import MemoryViT
 
 from .benchmarks import Protocol
@@ -46,12 +50,13 @@ class AdapterVariant:
 
     num_memory: int
     train_class_token: bool = True
+    attention: AttentionMode = "reuse"
 
     @property
     def label(self) -> str:
         if self.num_memory == 0:
             return "head+class" if self.train_class_token else "head-only"
-        return f"memory-{self.num_memory}"
+        return f"memory-{'full-' if self.attention == 'full' else ''}{self.num_memory}"
 
 
 HEAD_ONLY = AdapterVariant(0, train_class_token=False)
@@ -169,6 +174,8 @@ class MemoryTokenModel(MultiTaskModule):
         super().__init__()
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+        if variant.attention == "full" and protocol != "task":
+            raise ValueError("full attention needs the task label: it runs in the task protocol only")
         self.vit = MemoryViT(backbone)
         self.variant = variant
         self.protocol = protocol
@@ -196,7 +203,8 @@ class MemoryTokenModel(MultiTaskModule):
     def add_task(self, name: str, classes: list[int], task_labels: list[int]) -> int:
         """A new trainable task adapter for `classes` (benchmark class ids); returns its index."""
         adapter = self.vit.add_task(
-            name, len(classes), num_memory=self.variant.num_memory, class_names=[str(c) for c in classes]
+            name, len(classes), num_memory=self.variant.num_memory, mode=self.variant.attention,
+            class_names=[str(c) for c in classes],
         )
         adapter.cls_token.requires_grad_(self.variant.train_class_token)
         adapter.memory.requires_grad_(self.variant.num_memory > 0)
@@ -221,15 +229,23 @@ class MemoryTokenModel(MultiTaskModule):
             return self._forward_train(x, task_labels)
         return self._forward_eval(x, task_labels)
 
+    @property
+    def full_attention(self) -> bool:
+        return self.variant.attention == "full"
+
     def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
         """Logits of one task (task protocol: by task label), its task token alone in the pass."""
         name = self.task_names[self.task_of_label[int(task_label)]]
+        if self.full_attention:
+            return self.vit.forward_full(x, name)
         out = self.vit.forward_reuse(x, [name])
         self.last_features = out.features
         return out.logits[name]
 
     def forward_all_tasks(self, x: Tensor) -> dict[int, Tensor]:
-        """Every task's logits from ONE backbone pass, keyed by task index."""
+        """Every task's logits, keyed by task index: ONE backbone pass (reuse), one per task (full)."""
+        if self.full_attention:
+            return {i: self.vit.forward_full(x, name) for i, name in enumerate(self.task_names)}
         out = self.vit.forward_reuse(x, self.task_names)
         self.last_features = out.features
         return {i: out.logits[name] for i, name in enumerate(self.task_names)}
@@ -250,6 +266,9 @@ class MemoryTokenModel(MultiTaskModule):
 
     def _forward_eval(self, x: Tensor, task_labels: Tensor | int) -> Tensor:
         """One pass for all tasks; each sample gets the logits of its given or inferred task."""
+        if self.full_attention:
+            labels = torch.as_tensor(task_labels).expand(x.shape[0]).tolist()
+            return self.vit.forward_full(x, [self.task_names[self.task_of_label[int(t)]] for t in labels])
         out = self.vit.forward_reuse(x, self.task_names)
         self.last_features = out.features
         logits = [out.logits[name] for name in self.task_names]
@@ -314,13 +333,30 @@ class TrainableOnlyTemplate(SupervisedTemplate):
         super().__init__(optimizer=None, **kwargs)
 
     def make_optimizer(self, **kwargs) -> None:
+        groups = self.param_groups()
+        if groups:
+            self.optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+
+    def param_groups(self) -> list[dict]:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if params:
-            self.optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return [{"params": params}] if params else []
 
 
 class MemoryTokenStrategy(TrainableOnlyTemplate):
-    """The memory-token strategy: each experience trains its own new task adapter, nothing else."""
+    """The memory-token strategy: each experience trains its own new task adapter, nothing else.
 
-    def __init__(self, *, model: MemoryTokenModel, plugins: list[SupervisedPlugin] | None = None, **kwargs) -> None:
+    Memory and class token learn at `lr`, the head at `head_lr` (`TaskAdapter.param_groups`).
+    """
+
+    def __init__(
+        self, *, model: MemoryTokenModel, head_lr: float, plugins: list[SupervisedPlugin] | None = None, **kwargs
+    ) -> None:
+        self.head_lr = head_lr
         super().__init__(model=model, plugins=[MemoryTokenPlugin(), *(plugins or [])], **kwargs)
+
+    def param_groups(self) -> list[dict]:
+        model: MemoryTokenModel = self.model
+        if not model.task_names:
+            return []
+        groups = model.vit.adapter(model.task_names[-1]).param_groups(self.lr, self.head_lr)
+        return [{**g, "base_lr": g["lr"]} for g in groups]

@@ -352,7 +352,7 @@ def test_demo_runs_the_whole_job(tmp_path) -> None:
         backbone = store.get_backbone("demo-vit")
     assert sorted(e.task for e in deployed) == ["digits-high", "digits-low", "dots"]
     assert all(e.version == 1 and e.mode == "reuse" for e in deployed)
-    assert backbone.config["source"] == "pretrained here on builtin:shapes"
+    assert backbone.config["source"] == "pretrained here on builtin:glyphs"
     again = run(tmp_path, "demo", "--epochs", "1").output
     assert "demo-vit is already in the store: reused" in again
     assert "digits-low@2" in again

@@ -194,6 +194,34 @@ def test_training_changes_only_that_task(mode: str) -> None:
     assert all(p.grad is None for p in model.backbone.parameters())
 
 
+def test_tokens_and_head_learn_at_their_own_rates() -> None:
+    model = model_with_tasks(a=(3, 2))
+    adapter = model.adapter("a")
+    groups = adapter.param_groups(1e-3, 1e-2)
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2]
+    assert groups[0]["params"] == [adapter.memory, adapter.cls_token]
+    assert groups[1]["params"] == [adapter.head.weight, adapter.head.bias]
+    adapter.cls_token.requires_grad_(False)  # head + memory: frozen tensors are left out
+    assert [len(g["params"]) for g in adapter.param_groups(1e-3, 1e-2)] == [1, 2]
+    x, y = images(8), torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(0))
+    adapter.cls_token.requires_grad_(True)
+    lrs: list[list[float]] = []
+    original_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        lrs.append([g["lr"] for g in self.param_groups])
+        return original_step(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = step
+    try:
+        fit_task(model, "a", x, y, TrainConfig(steps=2, batch_size=8, lr=1e-3, head_lr=1e-2))
+    finally:
+        torch.optim.AdamW.step = original_step
+    assert lrs == [[1e-3, 1e-2], [5e-4, 5e-3]]  # one cosine over both rates
+    with pytest.raises(ValueError, match="learning rates must be > 0"):
+        TrainConfig(head_lr=0.0)
+
+
 def test_reuse_training_builds_no_graph_through_the_backbone() -> None:
     model = model_with_tasks(a=(3, 2))
     model.train()

@@ -149,7 +149,8 @@ def _test_images(scenario, k: int) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
 
-def test_memory_strategy_never_forgets(backbone, digits_task) -> None:
+@pytest.mark.parametrize("label", ["memory-5", "memory-full-5"])
+def test_memory_strategy_never_forgets(backbone, digits_task, label) -> None:
     """Must hold 1: after the last experience, every earlier task answers exactly as when learned."""
     when_learned: dict[int, torch.Tensor] = {}
     adapters: dict[int, dict[str, torch.Tensor]] = {}
@@ -160,8 +161,9 @@ def test_memory_strategy_never_forgets(backbone, digits_task) -> None:
         when_learned[i] = _eval_logits(strategy.model, _test_images(digits_task, i), i)
         adapters[i] = {k: v.clone() for k, v in strategy.model.vit.tasks[f"exp{i}"].state_dict().items()}
 
-    result = run_strategy(digits_task, StrategySpec("memory", 5), backbone, Budget(epochs=2, batch_size=16),
+    result = run_strategy(digits_task, StrategySpec.parse(label), backbone, Budget(epochs=2, batch_size=16),
                           progress=False, after_experience=snapshot)
+    assert {a.mode for a in models[-1].vit.tasks.values()} == {"full" if "full" in label else "reuse"}
     final_model = models[-1]
     for i, logits in when_learned.items():
         after = _eval_logits(final_model, _test_images(digits_task, i), i)
@@ -177,6 +179,7 @@ def test_memory_strategy_never_forgets(backbone, digits_task) -> None:
 @pytest.mark.parametrize(
     ("label", "expected"),
     [("memory-5", lambda L, D: count_task_parameters(L, 5, D, 2)), ("head-only", lambda L, D: (D + 1) * 2),
+     ("memory-full-10", lambda L, D: count_task_parameters(L, 10, D, 2)),
      ("head-class", lambda L, D: D + (D + 1) * 2)],
 )
 def test_each_experience_trains_only_its_own_adapter(backbone, digits_task, label, expected) -> None:
@@ -298,6 +301,30 @@ def test_serving_costs_per_strategy(backbone, digits_task, digits_class) -> None
     assert l2p.metrics["backbone_passes_to_serve_all"] == 2.0
     memory = run_strategy(digits_task, StrategySpec("memory", 1), backbone, FAST, progress=False)
     assert memory.metrics["stored_bytes_per_task"] < full.metrics["stored_bytes_per_task"] / 50
+    full_attention = run_strategy(digits_task, StrategySpec("memory", 1, "full"), backbone, FAST, progress=False)
+    assert full_attention.metrics["backbone_passes_to_serve_all"] == 5.0  # input tokens see one task's memory
+
+
+def test_full_attention_memory_refuses_the_class_protocol(backbone, digits_class) -> None:
+    with pytest.raises(ScenarioError, match="memory-full-5 runs in the task protocol only"):
+        build_strategy(StrategySpec("memory", 5, "full"), digits_class, backbone, FAST)
+
+
+def test_memory_and_class_token_learn_at_their_own_rate(backbone, digits_task) -> None:
+    """The head decays from `lr_head`, memory and class token from `lr_adapter`, on one cosine."""
+    budget = Budget(epochs=2, batch_size=16, lr_adapter=1e-3, lr_head=1e-2)
+    rates: list[tuple[float, ...]] = []
+
+    def record(i: int, strategy) -> None:
+        groups = strategy.optimizer.param_groups
+        rates.append(tuple(g["base_lr"] for g in groups))
+        adapter = strategy.model.vit.tasks[f"exp{i}"]
+        assert [len(g["params"]) for g in groups] == [2, 2] and groups[1]["params"][0] is adapter.head.weight
+        decayed = [g["lr"] / g["base_lr"] for g in groups]
+        assert decayed[0] == decayed[1] < 1  # one cosine over both rates
+
+    run_strategy(digits_task, StrategySpec("memory", 1), backbone, budget, progress=False, after_experience=record)
+    assert rates == [(1e-3, 1e-2)] * 5
 
 
 def test_strategy_names_and_protocols() -> None:
@@ -305,6 +332,14 @@ def test_strategy_names_and_protocols() -> None:
     assert StrategySpec.parse("memory", 20).label == "memory-20"
     with pytest.raises(ScenarioError, match="unknown strategy"):
         StrategySpec.parse("bogus")
+    assert StrategySpec.parse("memory-full-10") == StrategySpec("memory", 10, "full")
+    assert StrategySpec.parse("memory-full", 20).label == "memory-full-20"
+    for bad in ("memory-full5", "memory-fullx", "memory-x"):
+        with pytest.raises(ScenarioError, match="expected memory-M or memory-full-M"):
+            StrategySpec.parse(bad)
+    assert not StrategySpec.parse("memory-full-5").supports("class")
+    assert "memory-full-5" in [s.label for s in compare_specs("task")]
+    assert "memory-full-5" not in [s.label for s in compare_specs("class")]
     assert "full-ft" in [s.label for s in compare_specs("task")]
     assert "l2p" not in [s.label for s in compare_specs("task")]
     assert "l2p" in [s.label for s in compare_specs("class")]
@@ -324,7 +359,8 @@ def _fake_result(strategy: str, protocol: str, accuracy: float, seed: int = 0) -
 def test_results_document_layout(tmp_path) -> None:
     from scenarios.results import ALL_RESULTS, render_results
 
-    results = [_fake_result(c, "task", a, s) for c, a in (("memory-5", 0.9), ("head-only", 0.8), ("full-ft", 0.95)) for s in (0, 1)]
+    accuracies = (("memory-5", 0.9), ("memory-full-5", 0.93), ("head-only", 0.8), ("full-ft", 0.95))
+    results = [_fake_result(c, "task", a, s) for c, a in accuracies for s in (0, 1)]
     results += [_fake_result("memory-5", "class", 0.7), _fake_result("l2p", "class", 0.5)]
     facts = {"architecture": "vit", "config": {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 192, "num_heads": 3},
              "parameters": 1e6, "sha256": "ab" * 32, "pretraining": "`builtin:shapes`"}
@@ -333,8 +369,12 @@ def test_results_document_layout(tmp_path) -> None:
     (tmp_path / ALL_RESULTS).write_text(json.dumps(kept))
     doc = render_results(tmp_path)
     assert "| Full | Head only | Head + Class | 1 | 5 | 10 | 20 |" in doc
-    assert "| split-digits | 95.0 ± 0.0 | 80.0 ± 0.0 | – | – | 90.0 ± 0.0 | – | – |" in doc
-    assert "+10.0 points; claim >= +2: **holds**" in doc and "5.0 points behind; claim <= 3: **does not hold**" in doc
+    assert "| split-digits, memory: full attention | 95.0 ± 0.0 | 80.0 ± 0.0 | – | – | 93.0 ± 0.0 | – | – |" in doc
+    assert "| split-digits, memory: reuse, one pass | 95.0 ± 0.0 | 80.0 ± 0.0 | – | – | 90.0 ± 0.0 | – | – |" in doc
+    assert ("memory-5 (full attention): 93.0% vs head-only 80.0% (+13.0 points; claim >= +2: **holds**) and vs "
+            "per-task full fine-tuning 95.0% (2.0 points behind; claim <= 3: **holds**)") in doc
+    assert ("memory-5 (reuse, one pass): 90.0% vs head-only 80.0% (+10.0 points; claim >= +2: **holds**) and vs "
+            "per-task full fine-tuning 95.0% (5.0 points behind; claim <= 3: **does not hold**)") in doc
     assert "**beats L2P**" in doc and "builtin:shapes" in doc
 
 

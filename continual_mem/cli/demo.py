@@ -43,7 +43,7 @@ def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> Non
     else:
         config = _pretrain_config(None, {}, None, pretrain_epochs, None, None, 0)
         click.echo(f"No model hub here: pretraining {config.model_name} {dict(config.model_kwargs)} on {config.data} "
-                   "(generated shapes, disjoint from every task below)")  # fmt: skip
+                   "(generated pen-stroke glyphs, disjoint from every task below)")  # fmt: skip
         pretrain_backbone_with_progress(store, DEMO_BACKBONE, config)
 
     _step("2. register and train the tasks (reuse mode: the backbone never changes)")

@@ -64,7 +64,7 @@ def backbone_add(app: App, name: str, model_name: str, weights: Path | None, ran
 @click.argument("name")
 @click.option("--model", "model_name", default=None, help="timm model name (default: the demo's vit_tiny layout).")
 @model_arg_option
-@click.option("--data", "data_source", default=None, help="Pretraining data (default builtin:shapes, generated).")
+@click.option("--data", "data_source", default=None, help="Pretraining data (default builtin:glyphs, generated).")
 @click.option("--epochs", type=int, default=None)
 @click.option("--lr", type=float, default=None)
 @click.option("--batch-size", type=int, default=None)
@@ -74,7 +74,7 @@ def backbone_pretrain(app: App, name: str, model_name: str | None, model_args: t
                       epochs: int | None, lr: float | None, batch_size: int | None, seed: int) -> None:  # fmt: skip
     """Pretrain a small ViT here (no model hub reaches this machine) and register it as NAME.
 
-    Its data must be disjoint from the downstream tasks: the default is generated shapes.
+    Its data must be disjoint from the downstream tasks: the default is generated glyphs.
     """
     store = app.open_store()
     config = _pretrain_config(model_name, parse_model_args(model_args), data_source, epochs, lr, batch_size, seed)
@@ -117,7 +117,8 @@ def pretrain_backbone_with_progress(store, name, config):  # type: ignore[no-unt
 @click.option("--mode", type=click.Choice(["reuse", "full"]), default="reuse", show_default=True)
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--steps", type=int, default=None, help="Train this many steps instead of --epochs.")
-@click.option("--lr", type=float, default=3e-2, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="Rate of the memory and class token.")
+@click.option("--head-lr", type=float, default=3e-2, show_default=True, help="Rate of the task's head.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--val-split", type=float, default=0.1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -127,7 +128,7 @@ def pretrain_backbone_with_progress(store, name, config):  # type: ignore[no-unt
 @json_option
 @pass_app
 def task_train(app: App, name: str, data_source: str, memory: int, mode: str, epochs: int, steps: int | None, lr: float,
-               batch_size: int, val_split: float, seed: int, device: str, amp: bool, skip_bad: bool, as_json: bool) -> None:  # fmt: skip
+               head_lr: float, batch_size: int, val_split: float, seed: int, device: str, amp: bool, skip_bad: bool, as_json: bool) -> None:  # fmt: skip
     """Train a new version of task NAME (runs unchanged under torchrun)."""
     from continual_mem import service
     from continual_mem.errors import ContinualMemError
@@ -135,7 +136,7 @@ def task_train(app: App, name: str, data_source: str, memory: int, mode: str, ep
 
     _check_device(device)
     try:
-        config = TrainConfig(epochs=epochs, steps=steps, lr=lr, batch_size=batch_size, seed=seed, device=device, amp=amp)
+        config = TrainConfig(epochs=epochs, steps=steps, lr=lr, head_lr=head_lr, batch_size=batch_size, seed=seed, device=device, amp=amp)
     except ValueError as exc:
         raise ContinualMemError(str(exc)) from None
     request = service.TrainRequest(name, data_source, memory, mode, val_split, skip_bad, config)
