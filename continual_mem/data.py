@@ -231,7 +231,7 @@ def glyphs(
     num_classes: int = GLYPH_CLASSES,
     lowres: float = GLYPH_LOWRES,
 ) -> LabeledImages:
-    """GENERATED pretraining data: 64 random pen-stroke glyphs (2-3 curves each), drawn by varied hands.
+    """GENERATED pretraining data: 64 random pen-stroke glyphs (2-3 curves each), half scanned at low resolution.
 
     Each class is a fixed random set of quadratic curves; samples rotate, scale, shift and jitter
     them and vary the pen. No glyph is a digit: the classes are random curves. A `lowres` fraction
