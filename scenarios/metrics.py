@@ -131,7 +131,7 @@ class CosineSchedule(SupervisedPlugin):
 
     Sets each parameter group's rate before every iteration, so it works whatever optimizer a
     strategy builds or rebuilds (Avalanche's own, L2P's, the memory strategy's). A group with its
-    own `base_lr` (the memory strategy's heads) decays from that instead.
+    own `base_lr` (the memory strategy's token and head groups) decays from that instead.
     """
 
     def __init__(self, lr: float) -> None:
