@@ -46,10 +46,12 @@ class PretrainConfig:
 def pretrain_backbone(
     config: PretrainConfig = PretrainConfig(),
     on_epoch: Callable[[int, float, float], None] | None = None,
+    data: LabeledImages | None = None,
 ) -> tuple[VisionTransformer, dict[str, float]]:
-    """Train every weight of a fresh ViT as a classifier of `config.data`; returns it in eval mode."""
+    """Train every weight of a fresh ViT as a classifier of `config.data` (already loaded: `data`);
+    returns it in eval mode."""
     torch.manual_seed(config.seed)
-    data: LabeledImages = load_source(config.data)
+    data = data if data is not None else load_source(config.data)
     model = create_backbone(config.model_name, num_classes=len(data.class_names), **dict(config.model_kwargs))
     images = InputSpec.from_backbone(model)(data.images)
     total = config.epochs * math.ceil(len(data) / config.batch_size)
@@ -109,7 +111,7 @@ def demo_backbone(cache_dir: Path | None = None, config: PretrainConfig = Pretra
     path = cache_dir / f"demo-backbone-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        model, _ = pretrain_backbone(config)
+        model, _ = pretrain_backbone(config, data=data)
         save_backbone(model, path, pretrain_metadata(config))
     num_classes = len(data.class_names)
     return create_backbone(config.model_name, weights=path, exact=True, num_classes=num_classes, **dict(config.model_kwargs))

@@ -267,14 +267,12 @@ class MemoryTokenModel(MultiTaskModule):
     def _forward_eval(self, x: Tensor, task_labels: Tensor | int) -> Tensor:
         """One pass for all tasks; each sample gets the logits of its given or inferred task."""
         if self.full_attention:
-            labels = torch.as_tensor(task_labels).expand(x.shape[0]).tolist()
-            return self.vit.forward_full(x, [self.task_names[self.task_of_label[int(t)]] for t in labels])
+            return self.vit.forward_full(x, [self.task_names[t] for t in self._given_tasks(task_labels, x.shape[0])])
         out = self.vit.forward_reuse(x, self.task_names)
         self.last_features = out.features
         logits = [out.logits[name] for name in self.task_names]
         if self.protocol == "task":
-            labels = torch.as_tensor(task_labels, device=x.device).expand(x.shape[0])
-            chosen = torch.tensor([self.task_of_label[int(t)] for t in labels.tolist()], device=x.device)
+            chosen = torch.tensor(self._given_tasks(task_labels, x.shape[0]), device=x.device)
             width = max(z.shape[1] for z in logits)
             result = logits[0].new_full((x.shape[0], width), float("-inf"))
             for t in chosen.unique().tolist():
@@ -284,6 +282,10 @@ class MemoryTokenModel(MultiTaskModule):
         self.last_routes = self.router.routes(out.features, logits)
         chosen = self.last_routes[self.route]
         return self._place(dict(enumerate(logits)), chosen)
+
+    def _given_tasks(self, task_labels: Tensor | int, batch: int) -> list[int]:
+        """Task protocol: each sample's task index, from its task label."""
+        return [self.task_of_label[int(t)] for t in torch.as_tensor(task_labels).expand(batch).tolist()]
 
     def _place(self, logits: dict[int, Tensor], chosen: Tensor) -> Tensor:
         """Class protocol: each sample's chosen-task logits in that task's global class columns.
