@@ -13,11 +13,11 @@ import os
 from logging.config import fileConfig
 from typing import Any, Literal
 
-from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from alembic import context
 from store.db import make_engine
 from store.models import Base, UTCDateTime
 

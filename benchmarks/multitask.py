@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from continual_mem.adapter import BackboneIdentity  # noqa: E402
-from continual_mem.model import MemoryViT  # noqa: E402
+from continual_mem.adapter import BackboneIdentity
+from continual_mem.model import MemoryViT
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
@@ -76,7 +76,10 @@ def bench_model(name: str, tasks: list[int], batch: int, memory: int, repeats: i
     full = build(name, 1, memory, "full")
     names = [f"t{i}" for i in range(max(tasks))]
     with torch.inference_mode():
-        fns: dict[str, Callable[[], object]] = {"plain": lambda: reuse.backbone(x), "full": lambda: full.forward_full(x, "t0")}
+        fns: dict[str, Callable[[], object]] = {
+            "plain": lambda: reuse.backbone(x),
+            "full": lambda: full.forward_full(x, "t0"),
+        }
         for t in tasks:
             fns[f"reuse{t}"] = lambda t=t: reuse.forward_reuse(x, names[:t], backbone_outputs=False)
         fns["separate4"] = lambda: [reuse(x, n) for n in names[:4]]
@@ -85,7 +88,8 @@ def bench_model(name: str, tasks: list[int], batch: int, memory: int, repeats: i
     plain, single = forward["plain"], forward["reuse1"]
     result: dict = {"model": name, "batch": batch, "memory": memory, "plain_s": plain, "full_s": forward["full"]}
     result["reuse"] = {
-        t: {"one_pass_s": forward[f"reuse{t}"], "separate_passes_s": single * t, "plain_passes_s": plain * t} for t in tasks
+        t: {"one_pass_s": forward[f"reuse{t}"], "separate_passes_s": single * t, "plain_passes_s": plain * t}
+        for t in tasks
     }
     result["separate_measured"] = {"tasks": 4, "seconds": forward["separate4"]}
     result["reuse_step_s"], result["full_step_s"] = steps["reuse"], steps["full"]
@@ -121,7 +125,9 @@ def print_table(results: list[dict]) -> None:
         if "separate_measured" in r:
             m = r["separate_measured"]
             print(f"    ({m['tasks']} single-task passes timed back to back: {m['seconds']:.3f} s)")
-        print(f"full-mode forward {r['full_s']:.3f} s; train step reuse {r['reuse_step_s']:.3f} s vs full {r['full_step_s']:.3f} s")
+        print(
+            f"full-mode forward {r['full_s']:.3f} s; train step reuse {r['reuse_step_s']:.3f} s vs full {r['full_step_s']:.3f} s"
+        )
         for key, limit in TARGETS.items():
             value = r["ratios"].get(key)
             if value is not None:

@@ -47,10 +47,16 @@ def measure(tasks: list[int], batch: int, repeats: int) -> list[dict[str, float 
                 model.forward_all_tasks(images)
             with torch.no_grad():
                 seconds = _time(lambda m=model: m.forward_all_tasks(images), repeats)
-            rows.append({
-                "strategy": name, "tasks": t, "batch": batch, "backbone_passes": counter[0] / batch,
-                "seconds_per_batch": seconds, "images_per_s": batch / seconds,
-            })
+            rows.append(
+                {
+                    "strategy": name,
+                    "tasks": t,
+                    "batch": batch,
+                    "backbone_passes": counter[0] / batch,
+                    "seconds_per_batch": seconds,
+                    "images_per_s": batch / seconds,
+                }
+            )
     return rows
 
 
@@ -69,7 +75,9 @@ def main() -> None:
         return
     print(f"{'strategy':<10} {'tasks':>5} {'passes':>7} {'s/batch':>9} {'images/s':>9}")
     for r in rows:
-        print(f"{r['strategy']:<10} {r['tasks']:>5} {r['backbone_passes']:>7g} {r['seconds_per_batch']:>9.3f} {r['images_per_s']:>9.0f}")
+        print(
+            f"{r['strategy']:<10} {r['tasks']:>5} {r['backbone_passes']:>7g} {r['seconds_per_batch']:>9.3f} {r['images_per_s']:>9.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -51,34 +51,60 @@ def seed(store: TaskStore, tasks: int, versions_per_task: int) -> None:
             conn.execute(
                 insert(m.Task),
                 [
-                    {"name": f"task-{t:04d}", "description": f"benchmark task {t}", "backbone_id": backbone_id,
-                     "class_names": [f"class-{c}" for c in range(10)], "created_at": now}
+                    {
+                        "name": f"task-{t:04d}",
+                        "description": f"benchmark task {t}",
+                        "backbone_id": backbone_id,
+                        "class_names": [f"class-{c}" for c in range(10)],
+                        "created_at": now,
+                    }
                     for t in range(tasks)
                 ],
-            )  # fmt: skip
+            )
             task_ids = {name: task_id for name, task_id in conn.execute(select(m.Task.name, m.Task.id))}
             versions = []
             for name, task_id in task_ids.items():
                 for number in range(1, versions_per_task + 1):
                     sha = hashlib.sha256(f"{name}@{number}".encode()).hexdigest()
                     versions.append(
-                        {"task_id": task_id, "number": number, "status": "ready", "mode": "memory",
-                         "memory_size": 5, "hyperparams": {"lr": 0.01, "epochs": 10}, "metrics": {"accuracy": 0.9},
-                         "artifact_uri": f"file:///bench/{sha[:2]}/{sha}.safetensors", "artifact_sha256": sha,
-                         "artifact_size": 4096, "created_at": now, "finished_at": now}
-                    )  # fmt: skip
+                        {
+                            "task_id": task_id,
+                            "number": number,
+                            "status": "ready",
+                            "mode": "memory",
+                            "memory_size": 5,
+                            "hyperparams": {"lr": 0.01, "epochs": 10},
+                            "metrics": {"accuracy": 0.9},
+                            "artifact_uri": f"file:///bench/{sha[:2]}/{sha}.safetensors",
+                            "artifact_sha256": sha,
+                            "artifact_size": 4096,
+                            "created_at": now,
+                            "finished_at": now,
+                        }
+                    )
             conn.execute(insert(m.TaskVersion), versions)
             conn.execute(
                 insert(m.Alias),
-                [{"task_id": i, "name": ALIAS, "version_number": versions_per_task, "updated_at": now}
-                 for i in task_ids.values()],
-            )  # fmt: skip
+                [
+                    {"task_id": i, "name": ALIAS, "version_number": versions_per_task, "updated_at": now}
+                    for i in task_ids.values()
+                ],
+            )
             conn.execute(
                 insert(m.AliasMove),
-                [{"task_id": i, "alias": ALIAS, "kind": "set", "from_version": None,
-                  "to_version": versions_per_task, "actor": "bench", "moved_at": now}
-                 for i in task_ids.values()],
-            )  # fmt: skip
+                [
+                    {
+                        "task_id": i,
+                        "alias": ALIAS,
+                        "kind": "set",
+                        "from_version": None,
+                        "to_version": versions_per_task,
+                        "actor": "bench",
+                        "moved_at": now,
+                    }
+                    for i in task_ids.values()
+                ],
+            )
     finally:
         engine.dispose()
 

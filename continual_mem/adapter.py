@@ -61,9 +61,7 @@ class AdapterConfig:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.class_names and len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"{len(self.class_names)} class names given for {self.num_classes} classes"
-            )
+            raise ValueError(f"{len(self.class_names)} class names given for {self.num_classes} classes")
         if self.extends and self.mode != "reuse":
             raise ValueError("model extension (extends) only exists in reuse mode")
 
@@ -153,7 +151,7 @@ class TaskAdapter(nn.Module):
         cls,
         path: str | os.PathLike[str],
         expect_backbone: BackboneIdentity | None = None,
-    ) -> "TaskAdapter":
+    ) -> TaskAdapter:
         """Read an adapter file, refusing a truncated/tampered file or one for another backbone."""
         path = Path(path)
         meta, tensors = _read_safetensors(path)
@@ -167,9 +165,17 @@ class TaskAdapter(nn.Module):
 
 
 _DTYPES = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
-}  # fmt: skip
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -197,7 +203,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tenso
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterFormatError(f"{path} is not a readable safetensors file ({exc})") from None
     return meta, tensors
@@ -228,14 +234,11 @@ def _adapter_from_metadata(path: Path, meta: dict[str, str]) -> TaskAdapter:
 def _check_tensor_shapes(path: Path, adapter: TaskAdapter, tensors: dict[str, torch.Tensor]) -> None:
     expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
     if set(tensors) != set(expected):
-        raise AdapterFormatError(
-            f"{path} holds tensors {sorted(tensors)}, expected {sorted(expected)}"
-        )
+        raise AdapterFormatError(f"{path} holds tensors {sorted(tensors)}, expected {sorted(expected)}")
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
             raise AdapterFormatError(
-                f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
-                f"its metadata says {shape}"
+                f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, its metadata says {shape}"
             )
         if not torch.isfinite(tensors[name]).all():
             raise AdapterFormatError(f"{path}: tensor {name!r} holds NaN or infinite values")

@@ -27,9 +27,7 @@ def check_supported(model: torch.nn.Module, name: str | None = None) -> VisionTr
     """Refuse, with the reason, any model the memory method cannot be applied to exactly."""
     name = name or architecture_name(model)
     if not isinstance(model, VisionTransformer):
-        raise UnsupportedBackboneError(
-            f"{name}: {type(model).__name__} is not a timm VisionTransformer"
-        )
+        raise UnsupportedBackboneError(f"{name}: {type(model).__name__} is not a timm VisionTransformer")
     if getattr(model, "dist_token", None) is not None:
         raise UnsupportedBackboneError(f"{name}: distillation tokens are not supported")
     if model.cls_token is None:
@@ -38,9 +36,7 @@ def check_supported(model: torch.nn.Module, name: str | None = None) -> VisionTr
             "memory tokens need one class token per task"
         )
     if model.global_pool != "token" or model.attn_pool is not None:
-        raise UnsupportedBackboneError(
-            f"{name}: the head pools with {model.global_pool!r}, not the class token"
-        )
+        raise UnsupportedBackboneError(f"{name}: the head pools with {model.global_pool!r}, not the class token")
     for i, blk in enumerate(model.blocks):
         if type(blk) is not Block or type(blk.attn) is not Attention:
             raise UnsupportedBackboneError(
@@ -147,7 +143,7 @@ def checkpoint_head_size(path: str | os.PathLike[str]) -> int | None:
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
-                return int(f.get_slice("head.weight").get_shape()[0]) if "head.weight" in f.keys() else None
+                return int(f.get_slice("head.weight").get_shape()[0]) if "head.weight" in f.keys() else None  # noqa: SIM118
         if path.suffix in (".pth", ".pt", ".bin"):
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else {}

@@ -47,7 +47,7 @@ class LabeledImages:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, index: Tensor | Sequence[int]) -> "LabeledImages":
+    def subset(self, index: Tensor | Sequence[int]) -> LabeledImages:
         index = torch.as_tensor(index, dtype=torch.long)
         return LabeledImages(self.images[index], self.labels[index], self.class_names, self.source)
 
@@ -68,7 +68,7 @@ def load_source(spec: str, skip_bad: bool = False) -> LabeledImages:
 
 
 def _load_builtin(spec: str) -> LabeledImages:
-    name, _, query = spec[len("builtin:"):].partition("?")
+    name, _, query = spec[len("builtin:") :].partition("?")
     options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     builders = {
         "digits": _digits_from_options,
@@ -145,7 +145,9 @@ def digits(classes: Sequence[int] | None = None) -> LabeledImages:
 
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    data = LabeledImages(images, torch.tensor(bunch.target, dtype=torch.long), [str(i) for i in range(10)], "builtin:digits")
+    data = LabeledImages(
+        images, torch.tensor(bunch.target, dtype=torch.long), [str(i) for i in range(10)], "builtin:digits"
+    )
     return _select_classes(data, classes)
 
 
@@ -188,7 +190,10 @@ def shapes(n_per_class: int = 600, seed: int = 0, size: int = SYNTHETIC_SIZE) ->
             images.append(_finish(_draw_shape(kind, size, rng), rng, 0.08))
             labels.append(label)
     return LabeledImages(
-        torch.from_numpy(np.stack(images).astype(np.float32)).unsqueeze(1), torch.tensor(labels), list(SHAPE_NAMES), "builtin:shapes"
+        torch.from_numpy(np.stack(images).astype(np.float32)).unsqueeze(1),
+        torch.tensor(labels),
+        list(SHAPE_NAMES),
+        "builtin:shapes",
     )
 
 
@@ -301,7 +306,10 @@ def synthetic(
             images.append(_finish(_dots(count, layout, size, rng), rng, 0.1))
             labels.append(label)
     data = LabeledImages(
-        torch.from_numpy(np.stack(images).astype(np.float32)).unsqueeze(1), torch.tensor(labels), list(SYNTHETIC_CLASSES), "builtin:synthetic"
+        torch.from_numpy(np.stack(images).astype(np.float32)).unsqueeze(1),
+        torch.tensor(labels),
+        list(SYNTHETIC_CLASSES),
+        "builtin:synthetic",
     )
     return _select_classes(data, classes)
 
@@ -372,7 +380,7 @@ class InputSpec:
     std: tuple[float, ...]
 
     @classmethod
-    def from_backbone(cls, backbone: torch.nn.Module) -> "InputSpec":
+    def from_backbone(cls, backbone: torch.nn.Module) -> InputSpec:
         from timm.data import resolve_data_config
 
         cfg = resolve_data_config({}, model=backbone)
@@ -400,7 +408,7 @@ def split_train_val(data: LabeledImages, val_fraction: float, seed: int) -> tupl
     for label in range(len(data.class_names)):
         rows = (data.labels == label).nonzero(as_tuple=True)[0]
         rows = rows[torch.randperm(len(rows), generator=gen)]
-        n_val = int(round(len(rows) * val_fraction))
+        n_val = round(len(rows) * val_fraction)
         val_idx.append(rows[:n_val])
         train_idx.append(rows[n_val:])
     return data.subset(torch.cat(train_idx)), data.subset(torch.cat(val_idx))

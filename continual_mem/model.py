@@ -73,7 +73,7 @@ class _KVCache:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[tuple[int, int, torch.device], list[tuple[Tensor, Tensor]]]] = {}
 
-    def get(self, name: str, model: "MemoryViT") -> list[tuple[Tensor, Tensor]]:
+    def get(self, name: str, model: MemoryViT) -> list[tuple[Tensor, Tensor]]:
         memory = model.tasks[name].memory
         if (torch.is_grad_enabled() and memory.requires_grad) or memory.is_inference():
             # training: part of the graph; inference tensors: no version counter to trust
@@ -120,7 +120,7 @@ class MemoryViT(nn.Module):
     def task_names(self) -> list[str]:
         return list(self.tasks.keys())
 
-    def train(self, mode: bool = True) -> "MemoryViT":
+    def train(self, mode: bool = True) -> MemoryViT:
         """Adapters follow `mode`; the backbone always stays in eval (no dropout, no drop-path)."""
         super().train(mode)
         self.backbone.eval()
@@ -263,9 +263,7 @@ class MemoryViT(nn.Module):
         position = {n: i for i, n in enumerate(names)}
         return names, torch.tensor([position[t] for t in tasks], device=device)
 
-    def _gather_memory_kv(
-        self, names: list[str], index: Tensor
-    ) -> tuple[list[tuple[Tensor, Tensor]], Tensor | None]:
+    def _gather_memory_kv(self, names: list[str], index: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor | None]:
         """Per-sample memory K/V for each block, (B, H, m_max, Dh), padded when sizes differ."""
         sizes = [self.tasks[n].num_memory for n in names]
         width = max(sizes)
@@ -305,9 +303,7 @@ class MemoryViT(nn.Module):
                     x, bb_k, bb_v = attention.block_forward(blk, x)
             if state is not None:
                 mem_k, mem_v = state.memory_kv[i]
-                state.tokens = attention.task_block_forward(
-                    blk, state.tokens, bb_k, bb_v, mem_k, mem_v, state.visible
-                )
+                state.tokens = attention.task_block_forward(blk, state.tokens, bb_k, bb_v, mem_k, mem_v, state.visible)
         features = backbone_logits = None
         if backbone_outputs:
             with torch.no_grad():
@@ -335,7 +331,7 @@ class MemoryViT(nn.Module):
             needed.update(self.tasks[n].config.extends)
         return [n for n in self.tasks if n in needed]
 
-    def _task_state(self, names: list[str], batch: int, num_tokens: int) -> "_TaskState":
+    def _task_state(self, names: list[str], batch: int, num_tokens: int) -> _TaskState:
         """Task tokens entering block 0 (B, T, D), what each task sees, per-block memory K/V."""
         cls = torch.cat([self.tasks[n].cls_token for n in names], dim=1)  # (1, T, D)
         tokens = self.backbone.norm_pre(self._positioned_cls(cls)).expand(batch, -1, -1)
@@ -364,9 +360,7 @@ class MemoryViT(nn.Module):
     def _checked(self, name: str, mode: AttentionMode) -> TaskAdapter:
         adapter = self.adapter(name)
         if adapter.mode != mode:
-            raise ContinualMemError(
-                f"task {name!r} was trained in {adapter.mode} mode and cannot run in {mode} mode"
-            )
+            raise ContinualMemError(f"task {name!r} was trained in {adapter.mode} mode and cannot run in {mode} mode")
         return adapter
 
     def forward_tasks(self, images: Tensor, tasks: Iterable[str] | None = None) -> TasksOutput:

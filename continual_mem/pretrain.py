@@ -114,4 +114,6 @@ def demo_backbone(cache_dir: Path | None = None, config: PretrainConfig = Pretra
         model, _ = pretrain_backbone(config, data=data)
         save_backbone(model, path, pretrain_metadata(config))
     num_classes = len(data.class_names)
-    return create_backbone(config.model_name, weights=path, exact=True, num_classes=num_classes, **dict(config.model_kwargs))
+    return create_backbone(
+        config.model_name, weights=path, exact=True, num_classes=num_classes, **dict(config.model_kwargs)
+    )

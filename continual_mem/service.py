@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,12 @@ from .train import DistContext, Evaluation, Progress, TrainConfig, evaluate_task
 
 # ------------------------------------------------------------------------------------ backbones
 def _register(
-    store: TaskStore, name: str, model_name: str, model: VisionTransformer, model_kwargs: dict[str, Any], extra: dict[str, Any]
+    store: TaskStore,
+    name: str,
+    model_name: str,
+    model: VisionTransformer,
+    model_kwargs: dict[str, Any],
+    extra: dict[str, Any],
 ) -> BackboneInfo:
     """Keep the backbone's weights as a safetensors file, with what rebuilds it (timm name, kwargs)."""
     config = {**backbone_config(model), "model_kwargs": model_kwargs, **extra}
@@ -113,7 +118,7 @@ class TrainRequest:
     mode: str = "reuse"
     val_split: float = 0.1
     skip_bad: bool = False
-    config: TrainConfig = TrainConfig()
+    config: TrainConfig = field(default_factory=TrainConfig)
 
     def check(self) -> None:
         if self.memory < 1:
@@ -153,16 +158,29 @@ def train_version(
     spec = InputSpec.from_backbone(vit)
     model = MemoryViT(vit, identity)
     seed_everything(request.config.seed)  # the new adapter's initial values too: same seed, same result
-    model.add_task(request.task, len(data.class_names), num_memory=request.memory, mode=request.mode, class_names=data.class_names)  # type: ignore[arg-type]
+    model.add_task(
+        request.task, len(data.class_names), num_memory=request.memory, mode=request.mode, class_names=data.class_names
+    )  # type: ignore[arg-type]
     version = None
     if ctx.is_main:
-        hyper = {**asdict(request.config), "val_split": request.val_split, "data": request.data, "world_size": ctx.world_size}
+        hyper = {
+            **asdict(request.config),
+            "val_split": request.val_split,
+            "data": request.data,
+            "world_size": ctx.world_size,
+        }
         version = store.begin_version(request.task, request.mode, request.memory, hyper, data.fingerprint())
     try:
         result = fit_task(
-            model, request.task, spec(train.images), train.labels, request.config,
-            val=(spec(val.images), val.labels), on_step=on_step, ctx=ctx,
-        )  # fmt: skip
+            model,
+            request.task,
+            spec(train.images),
+            train.labels,
+            request.config,
+            val=(spec(val.images), val.labels),
+            on_step=on_step,
+            ctx=ctx,
+        )
         metrics = {**result.metrics, "train_samples": len(train), "val_samples": len(val)}
         if version is not None:
             with tempfile.TemporaryDirectory() as tmp:
@@ -217,7 +235,9 @@ class Prediction:
 
 
 @torch.no_grad()
-def predict(loaded: LoadedTasks, images: torch.Tensor, top_k: int = 3, batch_size: int = 64) -> tuple[list[dict[str, list[Prediction]]], int]:
+def predict(
+    loaded: LoadedTasks, images: torch.Tensor, top_k: int = 3, batch_size: int = 64
+) -> tuple[list[dict[str, list[Prediction]]], int]:
     """Top-k labels per image and task; reuse tasks share one backbone pass per batch.
 
     Returns the answers and the number of backbone passes per batch.
@@ -234,7 +254,9 @@ def predict(loaded: LoadedTasks, images: torch.Tensor, top_k: int = 3, batch_siz
             k = min(top_k, probs.shape[1])
             values, index = probs.topk(k, dim=-1)
             names = model.adapter(task).config.class_names
-            per_task[task] = [[Prediction(names[i], float(p)) for p, i in zip(vs, ix.tolist())] for vs, ix in zip(values, index)]
+            per_task[task] = [
+                [Prediction(names[i], float(p)) for p, i in zip(vs, ix.tolist())] for vs, ix in zip(values, index)
+            ]
         for row in range(next(iter(out.logits.values())).shape[0]):
             answers.append({task: preds[row] for task, preds in per_task.items()})
     return answers, passes
@@ -265,7 +287,9 @@ def load_image_files(paths: Sequence[Path]) -> tuple[list[Path], torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------ evaluation
-def evaluate_version(store: TaskStore, ref: str, source: str, skip_bad: bool = False, batch_size: int = 128) -> dict[str, Any]:
+def evaluate_version(
+    store: TaskStore, ref: str, source: str, skip_bad: bool = False, batch_size: int = 128
+) -> dict[str, Any]:
     """Accuracy, per-class accuracy and confusion matrix of a version on a data source; stored."""
     from sklearn.metrics import confusion_matrix
 

@@ -173,7 +173,13 @@ def fit_task(
                 sums["seen"] += len(mine)
                 if on_step is not None:
                     on_step(Progress(step, total, epoch, sums["loss"] / sums["seen"], sums["correct"] / sums["seen"]))
-            history.append({"epoch": epoch, "loss": sums["loss"] / max(sums["seen"], 1), "accuracy": sums["correct"] / max(sums["seen"], 1)})
+            history.append(
+                {
+                    "epoch": epoch,
+                    "loss": sums["loss"] / max(sums["seen"], 1),
+                    "accuracy": sums["correct"] / max(sums["seen"], 1),
+                }
+            )
             epoch += 1
     finally:
         model.eval()
@@ -189,7 +195,9 @@ def fit_task(
         "seconds_per_epoch": seconds / max(epoch, 1),
     }
     if val is not None and val[0].shape[0] > 0:
-        result = evaluate_task(model, task, val[0], val[1], batch_size=max(config.batch_size, 128), device=config.device)
+        result = evaluate_task(
+            model, task, val[0], val[1], batch_size=max(config.batch_size, 128), device=config.device
+        )
         metrics.update({"val_accuracy": result.accuracy, "val_loss": result.loss})
     return TrainResult(metrics, history)
 
@@ -205,7 +213,9 @@ class Evaluation:
 @torch.no_grad()
 def predict_logits(model: MemoryViT, task: str, images: Tensor, batch_size: int = 128, device: str = "cpu") -> Tensor:
     model.eval()
-    outs = [model(images[i : i + batch_size].to(device), task).float().cpu() for i in range(0, images.shape[0], batch_size)]
+    outs = [
+        model(images[i : i + batch_size].to(device), task).float().cpu() for i in range(0, images.shape[0], batch_size)
+    ]
     return torch.cat(outs)
 
 

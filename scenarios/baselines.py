@@ -71,7 +71,10 @@ class MultiHeadViT(MultiTaskModule):
     def forward_all_tasks(self, x: Tensor) -> dict[int, Tensor]:
         """Every head on the features of ONE backbone pass."""
         features = pooled_features(self.backbone, x)
-        return {int(t): self.heads.forward_single_task(features, int(t)) for t in sorted(self.heads.known_train_tasks_labels)}
+        return {
+            int(t): self.heads.forward_single_task(features, int(t))
+            for t in sorted(self.heads.known_train_tasks_labels)
+        }
 
 
 class SingleHeadViT(nn.Module):
@@ -243,6 +246,8 @@ def finetune_strategy(name: str, model: nn.Module, lr: float, weight_decay: floa
     raise ValueError(f"unknown fine-tuning baseline {name!r} (known: {', '.join(FINETUNE_STRATEGIES)})")
 
 
-def per_task_finetune_strategy(backbone: VisionTransformer, lr: float, weight_decay: float, **common) -> SupervisedTemplate:
+def per_task_finetune_strategy(
+    backbone: VisionTransformer, lr: float, weight_decay: float, **common
+) -> SupervisedTemplate:
     """Per-task full fine-tuning: AdamW rebuilt over the new expert only, old experts untouched."""
     return TrainableOnlyTemplate(model=PerTaskFineTune(backbone), lr=lr, weight_decay=weight_decay, **common)

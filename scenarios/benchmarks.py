@@ -96,9 +96,7 @@ def seeded_order(num_classes: int, seed: int = ORDER_SEED) -> list[int]:
 def _check_order(order: Sequence[int], num_classes: int) -> list[int]:
     order = list(order)
     if sorted(order) != list(range(num_classes)):
-        raise ScenarioError(
-            f"class order must name each of the {num_classes} classes once, got {order}"
-        )
+        raise ScenarioError(f"class order must name each of the {num_classes} classes once, got {order}")
     return order
 
 
@@ -106,9 +104,7 @@ def _experience_classes(order: list[int], n_experiences: int) -> list[list[int]]
     if not 1 <= n_experiences <= len(order):
         raise ScenarioError(f"cannot split {len(order)} classes into {n_experiences} experiences")
     if len(order) % n_experiences:
-        raise ScenarioError(
-            f"{len(order)} classes do not split evenly into {n_experiences} experiences"
-        )
+        raise ScenarioError(f"{len(order)} classes do not split evenly into {n_experiences} experiences")
     size = len(order) // n_experiences
     return [order[i * size : (i + 1) * size] for i in range(n_experiences)]
 
@@ -192,7 +188,13 @@ def split_digits(
     """scikit-learn's real 8x8 digits, 10 classes in 5 experiences of 2 (seeded class order)."""
     train, test = _split(digits(), limit_per_class)
     return from_labeled_images(
-        "split-digits", train, test, input_spec, protocol, n_experiences, class_order,
+        "split-digits",
+        train,
+        test,
+        input_spec,
+        protocol,
+        n_experiences,
+        class_order,
         {"test_fraction": TEST_FRACTION, "split_seed": SPLIT_SEED, "limit_per_class": limit_per_class},
     )
 
@@ -221,9 +223,19 @@ def split_synthetic(
     order = list(class_order) if class_order is not None else SYNTHETIC_ORDER
     train, test = _split(data, limit_per_class)
     return from_labeled_images(
-        "synthetic", train, test, input_spec, protocol, n_experiences, order,
-        {"test_fraction": TEST_FRACTION, "split_seed": SPLIT_SEED, "limit_per_class": limit_per_class,
-         "n_per_class": n_per_class},
+        "synthetic",
+        train,
+        test,
+        input_spec,
+        protocol,
+        n_experiences,
+        order,
+        {
+            "test_fraction": TEST_FRACTION,
+            "split_seed": SPLIT_SEED,
+            "limit_per_class": limit_per_class,
+            "n_per_class": n_per_class,
+        },
     )
 
 
@@ -239,7 +251,13 @@ def split_image_folder(
     data = load_image_folder(root)
     train, test = _split(data, limit_per_class)
     return from_labeled_images(
-        f"folder:{root}", train, test, input_spec, protocol, n_experiences, class_order,
+        f"folder:{root}",
+        train,
+        test,
+        input_spec,
+        protocol,
+        n_experiences,
+        class_order,
         {"test_fraction": TEST_FRACTION, "split_seed": SPLIT_SEED, "limit_per_class": limit_per_class},
     )
 
@@ -277,10 +295,18 @@ def split_torchvision(
     test images in proportion).
     """
     train, test = _limit_both(
-        _torchvision_images(name, root, True, download), _torchvision_images(name, root, False, download), limit_per_class
+        _torchvision_images(name, root, True, download),
+        _torchvision_images(name, root, False, download),
+        limit_per_class,
     )
     return from_labeled_images(
-        f"torchvision:{name}", train, test, input_spec, protocol, n_experiences, class_order,
+        f"torchvision:{name}",
+        train,
+        test,
+        input_spec,
+        protocol,
+        n_experiences,
+        class_order,
         {"root": str(root), "limit_per_class": limit_per_class},
     )
 
@@ -302,16 +328,19 @@ def build_scenario(
 ) -> Scenario:
     """A scenario by name (see `SCENARIO_HELP`)."""
     common: dict[str, Any] = {
-        "input_spec": input_spec, "protocol": protocol, "class_order": class_order, "limit_per_class": limit_per_class,
+        "input_spec": input_spec,
+        "protocol": protocol,
+        "class_order": class_order,
+        "limit_per_class": limit_per_class,
     }
     if name == "split-digits":
         return split_digits(n_experiences=n_experiences or 5, **common)
     if name == "synthetic":
         return split_synthetic(n_experiences=n_experiences or 5, **common)
     if name.startswith("folder:"):
-        return split_image_folder(Path(name[len("folder:"):]), n_experiences=n_experiences or 5, **common)
+        return split_image_folder(Path(name[len("folder:") :]), n_experiences=n_experiences or 5, **common)
     if name.startswith("torchvision:"):
-        set_name, _, root = name[len("torchvision:"):].partition(":")
+        set_name, _, root = name[len("torchvision:") :].partition(":")
         return split_torchvision(
             set_name, Path(root or "data"), n_experiences=n_experiences or 10, download=download, **common
         )

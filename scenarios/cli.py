@@ -71,8 +71,13 @@ def _record(store: Any | None, result: Any) -> int | None:
         return None
     try:
         info = store.record_scenario_run(
-            result.scenario, result.strategy, result.protocol, result.config, result.metrics,
-            result.accuracy_matrix, wall_time_s=result.wall_time_s,
+            result.scenario,
+            result.strategy,
+            result.protocol,
+            result.config,
+            result.metrics,
+            result.accuracy_matrix,
+            wall_time_s=result.wall_time_s,
         )
     except _store_errors() as exc:
         raise click.ClickException(f"cannot record the run in the task store: {exc}") from None
@@ -114,7 +119,11 @@ def _budget(epochs: int | None, seed: int, quick: bool) -> Any:
 
 POSITIVE = click.IntRange(min=1)
 JOBS_OPTION = click.option(
-    "--jobs", "-j", type=POSITIVE, default=2, show_default=True,
+    "--jobs",
+    "-j",
+    type=POSITIVE,
+    default=2,
+    show_default=True,
     help="Runs in parallel, in worker processes (one per CPU core is about right).",
 )
 
@@ -128,17 +137,38 @@ def _set_threads(ctx: click.Context, param: click.Parameter, value: int) -> int:
 
 def _scenario_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--backbone", type=click.Choice(BACKBONES), default="demo", show_default=True,
-                     help="demo: the project's pretrained small ViT; random: a tiny untrained ViT (smoke tests)."),
-        click.option("--class-order", default=None, help="Comma-separated class ids (default: the scenario's fixed order)."),
-        click.option("--limit-per-class", type=POSITIVE, default=None, help="At most this many training images per class."),
-        click.option("--route", type=click.Choice(ROUTE_CHOICES), default="lda", show_default=True,
-                     help="Class protocol: how the memory strategy infers the task."),
+        click.option(
+            "--backbone",
+            type=click.Choice(BACKBONES),
+            default="demo",
+            show_default=True,
+            help="demo: the project's pretrained small ViT; random: a tiny untrained ViT (smoke tests).",
+        ),
+        click.option(
+            "--class-order", default=None, help="Comma-separated class ids (default: the scenario's fixed order)."
+        ),
+        click.option(
+            "--limit-per-class", type=POSITIVE, default=None, help="At most this many training images per class."
+        ),
+        click.option(
+            "--route",
+            type=click.Choice(ROUTE_CHOICES),
+            default="lda",
+            show_default=True,
+            help="Class protocol: how the memory strategy infers the task.",
+        ),
         click.option("--device", default="cpu", show_default=True),
         click.option("--download", is_flag=True, help="torchvision scenarios: download the data set if missing."),
         click.option("--progress/--no-progress", default=None, help="Progress bars (default: on terminals)."),
-        click.option("--threads", type=POSITIVE, default=1, show_default=True, callback=_set_threads, expose_value=False,
-                     help="PyTorch CPU threads per process (these small models run fastest on one, above all on a busy machine)."),
+        click.option(
+            "--threads",
+            type=POSITIVE,
+            default=1,
+            show_default=True,
+            callback=_set_threads,
+            expose_value=False,
+            help="PyTorch CPU threads per process (these small models run fastest on one, above all on a busy machine).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -172,20 +202,40 @@ def scenario_group() -> None:
 
 @scenario_group.command("run")
 @click.argument("name")
-@click.option("--strategy", "-s", "strategy_name", required=True,
-              help="memory[-M], head-only, head-class, full-ft, naive, ewc, lwf, replay, cumulative, l2p, ncm.")
+@click.option(
+    "--strategy",
+    "-s",
+    "strategy_name",
+    required=True,
+    help="memory[-M], head-only, head-class, full-ft, naive, ewc, lwf, replay, cumulative, l2p, ncm.",
+)
 @click.option("--protocol", type=click.Choice(PROTOCOL_CHOICES), default="task", show_default=True)
 @click.option("--memory", "-m", type=int, default=None, help="Memory tokens per layer (strategy memory; default 5).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=POSITIVE, default=None, help="Epochs per experience (default: the budget's).")
-@click.option("--report-dir", type=click.Path(path_type=Path), default=None, help="Also write a report (markdown + plots) here.")
+@click.option(
+    "--report-dir", type=click.Path(path_type=Path), default=None, help="Also write a report (markdown + plots) here."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @_scenario_options
 @click.pass_context
 def run_command(
-    ctx: click.Context, name: str, strategy_name: str, protocol: str, memory: int | None, seed: int,
-    epochs: int | None, report_dir: Path | None, as_json: bool, backbone: str, class_order: str | None,
-    limit_per_class: int | None, route: str, device: str, download: bool, progress: bool | None,
+    ctx: click.Context,
+    name: str,
+    strategy_name: str,
+    protocol: str,
+    memory: int | None,
+    seed: int,
+    epochs: int | None,
+    report_dir: Path | None,
+    as_json: bool,
+    backbone: str,
+    class_order: str | None,
+    limit_per_class: int | None,
+    route: str,
+    device: str,
+    download: bool,
+    progress: bool | None,
 ) -> None:
     """Train one strategy through scenario NAME and evaluate it after every experience.
 
@@ -222,16 +272,34 @@ def run_command(
 @click.option("--memory-sizes", default="1,5,10,20", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=POSITIVE, default=None, help="Epochs per experience (default: the budget's).")
-@click.option("--report-dir", type=click.Path(path_type=Path), default=None,
-              help="Where the report goes (default: reports/<name>-<time>).")
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the report goes (default: reports/<name>-<time>).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print every run as JSON.")
 @JOBS_OPTION
 @_scenario_options
 @click.pass_context
 def compare_command(
-    ctx: click.Context, name: str, protocol: str, quick: bool, strategies: str | None, memory_sizes: str,
-    seed: int, epochs: int | None, report_dir: Path | None, as_json: bool, jobs: int, backbone: str,
-    class_order: str | None, limit_per_class: int | None, route: str, device: str, download: bool,
+    ctx: click.Context,
+    name: str,
+    protocol: str,
+    quick: bool,
+    strategies: str | None,
+    memory_sizes: str,
+    seed: int,
+    epochs: int | None,
+    report_dir: Path | None,
+    as_json: bool,
+    jobs: int,
+    backbone: str,
+    class_order: str | None,
+    limit_per_class: int | None,
+    route: str,
+    device: str,
+    download: bool,
     progress: bool | None,
 ) -> None:
     """Every strategy on scenario NAME, same backbone, data, budget and seed; one table.
@@ -272,8 +340,12 @@ def compare_command(
                 click.echo(_summary_line(result, ids[id(result)]), err=True)
 
         results = run_requests(requests, model, jobs, torch.get_num_threads(), keep, progress)
-        folder = report_dir or Path("reports") / f"{name.replace(':', '_').replace('/', '_')}-{datetime.now():%Y%m%d-%H%M%S}"
-        report = write_report(results, folder, f"{name} ({'quick' if quick else 'full'} comparison, backbone {backbone})")
+        folder = (
+            report_dir or Path("reports") / f"{name.replace(':', '_').replace('/', '_')}-{datetime.now():%Y%m%d-%H%M%S}"
+        )
+        report = write_report(
+            results, folder, f"{name} ({'quick' if quick else 'full'} comparison, backbone {backbone})"
+        )
     if as_json:
         runs = [{"id": ids[id(r)], **r.to_dict()} for r in results]
         click.echo(json.dumps({"report": str(report), "runs": runs}, indent=1))
@@ -302,7 +374,9 @@ def runs_command(ctx: click.Context, scenario: str | None, strategy: str | None,
     if not runs:
         click.echo("no scenario runs")
         return
-    click.echo(f"{'id':>4}  {'scenario':<14} {'protocol':<8} {'strategy':<12} {'avg acc':>8} {'forget':>7} {'wall':>7}  created")
+    click.echo(
+        f"{'id':>4}  {'scenario':<14} {'protocol':<8} {'strategy':<12} {'avg acc':>8} {'forget':>7} {'wall':>7}  created"
+    )
     for r in runs:
         m = r.metrics
         click.echo(
@@ -312,26 +386,55 @@ def runs_command(ctx: click.Context, scenario: str | None, strategy: str | None,
 
 
 def _run_dict(run: Any) -> dict[str, Any]:
-    fields = ("id", "scenario", "strategy", "protocol", "config", "metrics", "accuracy_matrix", "wall_time_s", "created_at")
+    fields = (
+        "id",
+        "scenario",
+        "strategy",
+        "protocol",
+        "config",
+        "metrics",
+        "accuracy_matrix",
+        "wall_time_s",
+        "created_at",
+    )
     return {f: getattr(run, f) for f in fields}
 
 
 @scenario_group.command("results")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("docs/results.md"), show_default=True)
 @click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports/results"), show_default=True)
-@click.option("--seeds", default="0,1,2", show_default=True, help="Seeds of the Table 2 runs (the others use the first).")
+@click.option(
+    "--seeds", default="0,1,2", show_default=True, help="Seeds of the Table 2 runs (the others use the first)."
+)
 @click.option("--quick", is_flag=True, help="CI size (1 epoch, few images): checks the pipeline, not the numbers.")
-@click.option("--render-only", is_flag=True, help="Rebuild the document from the runs kept in --report-dir; no training.")
+@click.option(
+    "--render-only", is_flag=True, help="Rebuild the document from the runs kept in --report-dir; no training."
+)
 @click.option("--backbone", type=click.Choice(BACKBONES), default="demo", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--progress/--no-progress", default=None)
-@click.option("--threads", type=POSITIVE, default=1, show_default=True, callback=_set_threads, expose_value=False,
-              help="PyTorch CPU threads per process.")
+@click.option(
+    "--threads",
+    type=POSITIVE,
+    default=1,
+    show_default=True,
+    callback=_set_threads,
+    expose_value=False,
+    help="PyTorch CPU threads per process.",
+)
 @JOBS_OPTION
 @click.pass_context
 def results_command(
-    ctx: click.Context, out: Path, report_dir: Path, seeds: str, quick: bool, render_only: bool, backbone: str,
-    device: str, progress: bool | None, jobs: int,
+    ctx: click.Context,
+    out: Path,
+    report_dir: Path,
+    seeds: str,
+    quick: bool,
+    render_only: bool,
+    backbone: str,
+    device: str,
+    progress: bool | None,
+    jobs: int,
 ) -> None:
     """Regenerate docs/results.md: Table 2 layout and the continual-learning comparison.
 
@@ -349,9 +452,17 @@ def results_command(
             model = _load_backbone(backbone)
             command = f"cmem scenario results --seeds {','.join(map(str, seed_list))} --backbone {backbone}"
             document = generate_results(
-                model, backbone, seed_list, quick, report_dir, device,
-                limit_per_class=QUICK_LIMIT_PER_CLASS if quick else None, jobs=jobs,
-                progress=progress, record=lambda r: _record(store, r), command=command + (" --quick" if quick else ""),
+                model,
+                backbone,
+                seed_list,
+                quick,
+                report_dir,
+                device,
+                limit_per_class=QUICK_LIMIT_PER_CLASS if quick else None,
+                jobs=jobs,
+                progress=progress,
+                record=lambda r: _record(store, r),
+                command=command + (" --quick" if quick else ""),
             )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(document)

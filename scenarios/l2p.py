@@ -62,7 +62,9 @@ def _geometry(backbone: VisionTransformer) -> dict[str, Any]:
     }
 
 
-def _build_vit(backbone: VisionTransformer, model_name: str = "", pretrained: bool = False, **kwargs: Any) -> ViTWithPrompt:
+def _build_vit(
+    backbone: VisionTransformer, model_name: str = "", pretrained: bool = False, **kwargs: Any
+) -> ViTWithPrompt:
     """Stands in for upstream's `create_model`: upstream's ViTWithPrompt carrying our weights.
 
     `model_name` and `pretrained` are upstream's hub selectors; the backbone replaces both.

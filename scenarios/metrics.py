@@ -123,7 +123,7 @@ def average_accuracy(matrix: Sequence[Sequence[float]]) -> float:
 
 
 def task_id_accuracies(metrics: dict[str, float]) -> dict[str, float]:
-    return {k[len(TASK_ID_PREFIX):]: float(v) for k, v in metrics.items() if k.startswith(TASK_ID_PREFIX)}
+    return {k[len(TASK_ID_PREFIX) :]: float(v) for k, v in metrics.items() if k.startswith(TASK_ID_PREFIX)}
 
 
 class CosineSchedule(SupervisedPlugin):
@@ -170,7 +170,9 @@ class TrainableCounter(SupervisedPlugin):
 # ----------------------------------------------------------------------------- backbone passes
 def _modules_of(strategy) -> list[nn.Module]:
     """The strategy's model and any other module it holds (e.g. L2P's query ViT)."""
-    roots = [strategy.model] + [v for v in vars(strategy).values() if isinstance(v, nn.Module) and v is not strategy.model]
+    roots = [strategy.model] + [
+        v for v in vars(strategy).values() if isinstance(v, nn.Module) and v is not strategy.model
+    ]
     return [m for root in roots for m in root.modules()]
 
 
@@ -218,7 +220,9 @@ def passes_to_serve_all(strategy, images: Tensor, experience) -> float:
 # ----------------------------------------------------------------------------- stored bytes
 def _tensor_key(t: Tensor) -> str:
     t = t.detach().cpu().contiguous()
-    return hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode() + t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    return hashlib.sha256(
+        f"{t.dtype}{tuple(t.shape)}".encode() + t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    ).hexdigest()
 
 
 def pretrained_keys(backbone: nn.Module) -> set[str]:
@@ -278,7 +282,10 @@ def _plugin_learning_bytes(plugin, free: set[str]) -> int:
         return _dataset_bytes(plugin.storage_policy.buffer)
     if name == "EWCPlugin":
         tensors = [
-            p.data for group in (plugin.saved_params, plugin.importances) for params in group.values() for p in params.values()
+            p.data
+            for group in (plugin.saved_params, plugin.importances)
+            for params in group.values()
+            for p in params.values()
         ]
         return sum(t.numel() * t.element_size() for t in tensors)
     if name == "LwFPlugin" and plugin.lwf.prev_model is not None:

@@ -90,11 +90,15 @@ def table2(cells: dict[str, dict[str, list[float]]], params: dict[str, dict[str,
     rows = []
     for row, by_header in cells.items():
         rows.append(
-            f"| {row} | " + " | ".join(_mean_std(by_header[h]) if by_header.get(h) else "–" for h in TABLE2_HEADERS) + " |"
+            f"| {row} | "
+            + " | ".join(_mean_std(by_header[h]) if by_header.get(h) else "–" for h in TABLE2_HEADERS)
+            + " |"
         )
         if params and row in params:
             rows.append(
-                "| *params / task* | " + " | ".join(human_count(params[row][h]) if h in params[row] else "–" for h in TABLE2_HEADERS) + " |"
+                "| *params / task* | "
+                + " | ".join(human_count(params[row][h]) if h in params[row] else "–" for h in TABLE2_HEADERS)
+                + " |"
             )
     return head + "\n".join(rows) + "\n"
 
@@ -112,8 +116,15 @@ def plot_accuracy_matrix(result: RunResult, path: Path) -> Path:
     image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis")
     for i in range(n):
         for j in range(i + 1):
-            ax.text(j, i, f"{100 * grid[i][j]:.0f}", ha="center", va="center", fontsize=8,
-                    color="white" if grid[i][j] < 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{100 * grid[i][j]:.0f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if grid[i][j] < 0.6 else "black",
+            )
     ax.set_xticks(range(n), [str(j) for j in range(n)])
     ax.set_yticks(range(n), [str(i) for i in range(n)])
     ax.set_xlabel("evaluated experience")
@@ -138,8 +149,15 @@ def plot_accuracy_curves(results: Sequence[RunResult], path: Path, title: str) -
     for i, r in enumerate(results):
         ys = [100 * sum(row) / len(row) for row in r.accuracy_matrix]
         own = r.strategy.startswith(("memory", "head"))  # the memory strategy's variants: solid lines
-        ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=3, label=r.strategy,
-                color=colors[i % len(colors)], linestyle="-" if own else "--")
+        ax.plot(
+            range(1, len(ys) + 1),
+            ys,
+            marker="o",
+            markersize=3,
+            label=r.strategy,
+            color=colors[i % len(colors)],
+            linestyle="-" if own else "--",
+        )
     ax.set_xticks(range(1, max(len(r.accuracy_matrix) for r in results) + 1))
     ax.set_xlabel("experiences learned")
     ax.set_ylabel("average accuracy on seen experiences (%)")

@@ -69,7 +69,9 @@ def generate_results(
             key = ScenarioKey(name, protocol, limit_per_class=limit_per_class)
             for spec in compare_specs(protocol):
                 in_table2 = protocol == "task" and spec.label in TABLE2_COLUMNS
-                requests += [RunRequest(key, spec, replace(base, seed=s), device) for s in (seeds if in_table2 else seeds[:1])]
+                requests += [
+                    RunRequest(key, spec, replace(base, seed=s), device) for s in (seeds if in_table2 else seeds[:1])
+                ]
 
     def keep(request: RunRequest, result: RunResult) -> None:
         result.config.update(backbone=backbone_kind, quick=quick)
@@ -83,8 +85,13 @@ def generate_results(
             first = [r for r in _first_seed(results, seeds[0]) if (r.scenario, r.protocol) == (name, protocol)]
             write_report(first, report_dir / f"{name}-{protocol}", f"{name}, {protocol}-incremental")
     run = {
-        "facts": backbone_facts(backbone, backbone_kind), "budget": asdict(base), "seeds": list(seeds), "quick": quick,
-        "command": command, "elapsed_s": time.perf_counter() - start, "generated_at": datetime.now(UTC).isoformat(),
+        "facts": backbone_facts(backbone, backbone_kind),
+        "budget": asdict(base),
+        "seeds": list(seeds),
+        "quick": quick,
+        "command": command,
+        "elapsed_s": time.perf_counter() - start,
+        "generated_at": datetime.now(UTC).isoformat(),
         "results": [r.to_dict() for r in results],
     }
     (report_dir / ALL_RESULTS).write_text(json.dumps(run, indent=1))
@@ -99,7 +106,13 @@ def render_results(report_dir: Path) -> str:
     run = json.loads(path.read_text())
     results = [RunResult.from_dict(r) for r in run["results"]]
     return results_markdown(
-        results, run["facts"], Budget(**run["budget"]), run["seeds"], run["quick"], run["command"], run["elapsed_s"],
+        results,
+        run["facts"],
+        Budget(**run["budget"]),
+        run["seeds"],
+        run["quick"],
+        run["command"],
+        run["elapsed_s"],
         datetime.fromisoformat(run["generated_at"]),
     )
 
@@ -153,7 +166,10 @@ def _first_seed(results: Sequence[RunResult], seed: int) -> list[RunResult]:
 def checks(results: Sequence[RunResult]) -> list[str]:
     """The issue's claims, each with the measured numbers and whether it holds."""
     lines = []
-    acc = lambda label, protocol="task": _mean_accuracy(results, "split-digits", protocol, label)
+
+    def acc(label: str, protocol: str = "task") -> float | None:
+        return _mean_accuracy(results, "split-digits", protocol, label)
+
     head, full = acc("head-only"), acc("full-ft")
     for label, how in (("memory-full-5", "full attention"), ("memory-5", "reuse, one pass")):
         m5 = acc(label)
@@ -176,10 +192,15 @@ def checks(results: Sequence[RunResult]) -> list[str]:
         naive = _runs(results, "split-digits", protocol, "naive")
         if naive:
             f = naive[0].metrics["forgetting"]
-            lines.append(f"- Naive fine-tuning forgets, split-digits {protocol}-incremental: F = {pct(f)}% "
-                         f"(**{'holds' if f > 0 else 'does not hold'}**).")
+            lines.append(
+                f"- Naive fine-tuning forgets, split-digits {protocol}-incremental: F = {pct(f)}% "
+                f"(**{'holds' if f > 0 else 'does not hold'}**)."
+            )
     for scenario in RESULT_PLAN:
-        m5c, l2p = _mean_accuracy(results, scenario, "class", "memory-5"), _mean_accuracy(results, scenario, "class", "l2p")
+        m5c, l2p = (
+            _mean_accuracy(results, scenario, "class", "memory-5"),
+            _mean_accuracy(results, scenario, "class", "l2p"),
+        )
         if None not in (m5c, l2p):
             lines.append(
                 f"- {scenario}, class-incremental: memory-5 {pct(m5c)}% vs L2P {pct(l2p)}% on the same backbone "
@@ -276,9 +297,13 @@ def results_markdown(
     for name in RESULT_PLAN:
         for attention, title in TABLE2_ROWS.items():
             row, columns = f"{name}, {title}", dict(zip(TABLE2_HEADERS, table2_columns(attention)))
-            cells[row] = {h: [r.metrics["average_accuracy"] for r in _runs(results, name, "task", c)] for h, c in columns.items()}
+            cells[row] = {
+                h: [r.metrics["average_accuracy"] for r in _runs(results, name, "task", c)] for h, c in columns.items()
+            }
         params[row] = {  # the same for both attention modes: under the scenario's last row
-            h: runs[0].metrics["trainable_params_per_task"] for h, c in columns.items() if (runs := _runs(results, name, "task", c))
+            h: runs[0].metrics["trainable_params_per_task"]
+            for h, c in columns.items()
+            if (runs := _runs(results, name, "task", c))
         }
     machine = (
         f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
@@ -291,7 +316,10 @@ def results_markdown(
         "",
     ]
     if quick:
-        out += ["> **Quick run** (1 epoch, few images per class): it checks the pipeline; its numbers mean nothing.", ""]
+        out += [
+            "> **Quick run** (1 epoch, few images per class): it checks the pipeline; its numbers mean nothing.",
+            "",
+        ]
     out += ["## Setup", "", *_setup_lines(facts, budget, seeds), ""]
     out += [
         "## Table 2 layout: task-incremental average accuracy (%)",

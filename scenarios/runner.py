@@ -69,7 +69,9 @@ class StrategySpec:
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
-            raise ScenarioError(f"unknown strategy {self.name!r} (known: {', '.join(STRATEGIES)}, memory-M, memory-full-M)")
+            raise ScenarioError(
+                f"unknown strategy {self.name!r} (known: {', '.join(STRATEGIES)}, memory-M, memory-full-M)"
+            )
         if self.name == "memory" and self.memory < 1:
             raise ScenarioError(f"memory size must be >= 1, got {self.memory}")
 
@@ -185,11 +187,15 @@ def build_strategy(
     }
     if spec.name in ADAPTER_STRATEGIES:
         model = MemoryTokenModel(backbone, spec.variant, scenario.protocol, route)
-        return MemoryTokenStrategy(model=model, lr=lr, head_lr=budget.lr_head, weight_decay=budget.weight_decay, **common)
+        return MemoryTokenStrategy(
+            model=model, lr=lr, head_lr=budget.lr_head, weight_decay=budget.weight_decay, **common
+        )
     if spec.name == "full-ft":
         return per_task_finetune_strategy(backbone, lr, budget.weight_decay, **common)
     if spec.name in FINETUNE_STRATEGIES:
-        return finetune_strategy(spec.name, finetune_model(backbone, scenario.protocol), lr, budget.weight_decay, **common)
+        return finetune_strategy(
+            spec.name, finetune_model(backbone, scenario.protocol), lr, budget.weight_decay, **common
+        )
     if spec.name == "l2p":
         from .l2p import BackboneL2P
 
@@ -233,8 +239,11 @@ def run_strategy(
     metrics: dict[str, float] = {}
     start = time.perf_counter()
     bar = tqdm(
-        list(train_stream), desc=f"{scenario.name}/{scenario.protocol}/{spec.label}", unit="exp",
-        disable=None if progress is None else not progress, leave=False,
+        list(train_stream),
+        desc=f"{scenario.name}/{scenario.protocol}/{spec.label}",
+        unit="exp",
+        disable=None if progress is None else not progress,
+        leave=False,
     )
     for i, experience in enumerate(bar):
         t0 = time.perf_counter()
@@ -295,8 +304,12 @@ class ScenarioKey:
         from .benchmarks import build_scenario
 
         return build_scenario(
-            self.name, InputSpec.from_backbone(backbone), self.protocol, self.class_order,
-            limit_per_class=self.limit_per_class, download=self.download,
+            self.name,
+            InputSpec.from_backbone(backbone),
+            self.protocol,
+            self.class_order,
+            limit_per_class=self.limit_per_class,
+            download=self.download,
         )
 
 
@@ -314,8 +327,18 @@ class RunRequest:
 #: Rough run time of each strategy relative to Naive (measured on split-digits), used to start the
 #: longest runs first so that parallel workers finish together.
 RELATIVE_COST = {
-    "cumulative": 3.0, "lwf": 1.9, "replay": 1.7, "ewc": 1.4, "l2p": 1.3, "full-ft": 1.1, "naive": 1.0,
-    "memory-full": 0.9, "memory": 0.5, "head-class": 0.5, "head-only": 0.5, "ncm": 0.1,
+    "cumulative": 3.0,
+    "lwf": 1.9,
+    "replay": 1.7,
+    "ewc": 1.4,
+    "l2p": 1.3,
+    "full-ft": 1.1,
+    "naive": 1.0,
+    "memory-full": 0.9,
+    "memory": 0.5,
+    "head-class": 0.5,
+    "head-only": 0.5,
+    "ncm": 0.1,
 }
 
 
@@ -377,7 +400,9 @@ def run_requests(
             torch.set_num_threads(previous)
     else:
         context = get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_Worker.start, initargs=(backbone, threads)) as pool:
+        with ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_Worker.start, initargs=(backbone, threads)
+        ) as pool:
             longest_first = sorted(range(len(requests)), key=lambda i: -_relative_cost(requests[i].spec))
             futures = {pool.submit(_Worker.run, requests[i]): i for i in longest_first}
             for future in as_completed(futures):

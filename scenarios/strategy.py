@@ -203,7 +203,10 @@ class MemoryTokenModel(MultiTaskModule):
     def add_task(self, name: str, classes: list[int], task_labels: list[int]) -> int:
         """A new trainable task adapter for `classes` (benchmark class ids); returns its index."""
         adapter = self.vit.add_task(
-            name, len(classes), num_memory=self.variant.num_memory, mode=self.variant.attention,
+            name,
+            len(classes),
+            num_memory=self.variant.num_memory,
+            mode=self.variant.attention,
             class_names=[str(c) for c in classes],
         )
         adapter.cls_token.requires_grad_(self.variant.train_class_token)

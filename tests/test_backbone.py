@@ -64,7 +64,7 @@ def test_wrong_suffix_unknown_model_and_mismatched_exact_file(saved, tmp_path) -
     _, path = saved
     odd = tmp_path / "w.txt"
     odd.write_text("hello")
-    with pytest.raises(BackboneLoadError, match="suffix '.txt'"):
+    with pytest.raises(BackboneLoadError, match=r"suffix '\.txt'"):
         create_backbone("vit_tiny_patch16_224", weights=odd)
     with pytest.raises(BackboneLoadError, match="no model named 'vit_nope'"):
         create_backbone("vit_nope")
@@ -75,6 +75,12 @@ def test_wrong_suffix_unknown_model_and_mismatched_exact_file(saved, tmp_path) -
 def test_backbone_config_describes_the_model(saved) -> None:
     vit, _ = saved
     assert backbone_config(vit) == {
-        "img_size": 16, "patch_size": 4, "in_chans": 3, "depth": 2, "embed_dim": 48,
-        "num_heads": 3, "reg_tokens": 0, "num_classes": 4,
-    }  # fmt: skip
+        "img_size": 16,
+        "patch_size": 4,
+        "in_chans": 3,
+        "depth": 2,
+        "embed_dim": 48,
+        "num_heads": 3,
+        "reg_tokens": 0,
+        "num_classes": 4,
+    }

@@ -21,7 +21,18 @@ from continual_mem.cli import cli
 from store import TaskStore
 
 VENV_BIN = Path(sys.executable).parent
-TINY_ARGS = ["--arg", "img_size=16", "--arg", "patch_size=4", "--arg", "depth=2", "--arg", "embed_dim=48", "--arg", "num_heads=3"]
+TINY_ARGS = [
+    "--arg",
+    "img_size=16",
+    "--arg",
+    "patch_size=4",
+    "--arg",
+    "depth=2",
+    "--arg",
+    "embed_dim=48",
+    "--arg",
+    "num_heads=3",
+]
 TRAIN_FAST = ["--steps", "6", "--batch-size", "32"]
 
 
@@ -145,8 +156,10 @@ def test_deploy_rollback_and_deployed_listing(home) -> None:
     assert "version 1 (rolled back)" in run(home, "rollback", "low").output
     history = json.loads(run(home, "history", "low", "--json").output)
     assert [(m["kind"], m["from_version"], m["to_version"]) for m in history] == [
-        ("set", None, 1), ("set", 1, 2), ("rollback", 2, 1),
-    ]  # fmt: skip
+        ("set", None, 1),
+        ("set", 1, 2),
+        ("rollback", 2, 1),
+    ]
     table = run(home, "deployed").output
     assert "low" in table and "high" in table and "tiny" in table
 
@@ -243,7 +256,10 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(home, tmp_path, weights
         (["predict", str(weights), "--task", "low"], "cannot read image"),
         (["rollback", "high"], "high"),
         (["backbone", "add", "tiny", "--model", "vit_tiny_patch16_224", "--weights", str(weights)], "already exists"),
-        (["backbone", "add", "x", "--model", "vit_tiny_patch16_224", "--weights", str(tmp_path / "no.pth")], "does not exist"),
+        (
+            ["backbone", "add", "x", "--model", "vit_tiny_patch16_224", "--weights", str(tmp_path / "no.pth")],
+            "does not exist",
+        ),
         (["backbone", "add", "x", "--model", "no_such_model", "--random-init"], "no model named"),
         (["task", "show", "nope"], "task 'nope' not found"),
         (["eval", "low@7", "--data", "builtin:digits?classes=0,1,2"], "not found"),
@@ -266,7 +282,6 @@ def test_adapter_of_another_backbone_is_refused(home, tmp_path) -> None:
 def test_no_store_and_too_old_schema(home, tmp_path) -> None:
     fails_cleanly(tmp_path / "nothing", "task", "list", match="run `cmem init`")
     from alembic import command
-
     from store.db import alembic_config
 
     command.downgrade(alembic_config(db_url=f"sqlite:///{home / 'store.db'}"), "base")
@@ -282,9 +297,22 @@ def test_ctrl_c_leaves_a_failed_version(home) -> None:
     import time
 
     proc = subprocess.Popen(
-        [str(VENV_BIN / "cmem"), "--home", str(home), "task", "train", "low", "--data", "builtin:digits?classes=0,1,2", "--epochs", "200"],
-        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            str(VENV_BIN / "cmem"),
+            "--home",
+            str(home),
+            "task",
+            "train",
+            "low",
+            "--data",
+            "builtin:digits?classes=0,1,2",
+            "--epochs",
+            "200",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     with TaskStore(home) as store:
         while time.time() < deadline and not store.list_versions("low", status="training"):
@@ -302,7 +330,9 @@ def test_ctrl_c_leaves_a_failed_version(home) -> None:
 HEAVY = ("torch", "timm", "avalanche")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["task", "list"], ["deployed"], ["task", "show", "low"], ["backbone", "list"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["task", "list"], ["deployed"], ["task", "show", "low"], ["backbone", "list"]]
+)
 def test_store_commands_do_not_import_torch(home, args) -> None:
     code = (
         "import sys\n"
@@ -316,21 +346,50 @@ def test_store_commands_do_not_import_torch(home, args) -> None:
 
 
 def test_cmem_script_runs_as_a_real_process(home) -> None:
-    out = subprocess.run([str(VENV_BIN / "cmem"), "--home", str(home), "deployed", "--json"], capture_output=True, text=True)
+    out = subprocess.run(
+        [str(VENV_BIN / "cmem"), "--home", str(home), "deployed", "--json"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert {e["task"] for e in json.loads(out.stdout)} == {"low", "high"}
-    bad = subprocess.run([str(VENV_BIN / "cmem"), "--home", str(home), "task", "show", "nope"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [str(VENV_BIN / "cmem"), "--home", str(home), "task", "show", "nope"], capture_output=True, text=True
+    )
     assert bad.returncode == 1 and bad.stderr.strip() == "Error: task 'nope' not found" and bad.stdout == ""
 
 
 def test_torchrun_two_processes_match_one(home) -> None:
     """DDP over the adapter only, 2 CPU processes on gloo, equals a single-process run."""
-    common = ["task", "train", "low", "--data", "builtin:digits?classes=0,1,2", "--steps", "4", "--batch-size", "32", "--seed", "5"]
+    common = [
+        "task",
+        "train",
+        "low",
+        "--data",
+        "builtin:digits?classes=0,1,2",
+        "--steps",
+        "4",
+        "--batch-size",
+        "32",
+        "--seed",
+        "5",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
-        [str(VENV_BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", "29517", str(VENV_BIN / "cmem"), "--home", str(home), *common],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        [
+            str(VENV_BIN / "torchrun"),
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            str(VENV_BIN / "cmem"),
+            "--home",
+            str(home),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     run(home, *common)
     with TaskStore(home) as store:

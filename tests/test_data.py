@@ -66,7 +66,7 @@ def test_image_folder_converts_grey_and_rgba_and_refuses_or_skips_bad_files(tmp_
     Image.fromarray(np.full((10, 12), 255, np.uint8), mode="L").save(tmp_path / "cat" / "grey.png")
     Image.fromarray(np.zeros((6, 6, 4), np.uint8), mode="RGBA").save(tmp_path / "dog" / "rgba.png")
     (tmp_path / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(DataError, match="1 unreadable image.*broken.jpg.*--skip-bad"):
+    with pytest.raises(DataError, match=r"1 unreadable image.*broken\.jpg.*--skip-bad"):
         load_source(str(tmp_path))
     data = load_source(str(tmp_path), skip_bad=True)
     assert data.class_names == ["cat", "dog"] and data.labels.tolist() == [0, 1]

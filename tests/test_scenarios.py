@@ -161,8 +161,14 @@ def test_memory_strategy_never_forgets(backbone, digits_task, label) -> None:
         when_learned[i] = _eval_logits(strategy.model, _test_images(digits_task, i), i)
         adapters[i] = {k: v.clone() for k, v in strategy.model.vit.tasks[f"exp{i}"].state_dict().items()}
 
-    result = run_strategy(digits_task, StrategySpec.parse(label), backbone, Budget(epochs=2, batch_size=16),
-                          progress=False, after_experience=snapshot)
+    result = run_strategy(
+        digits_task,
+        StrategySpec.parse(label),
+        backbone,
+        Budget(epochs=2, batch_size=16),
+        progress=False,
+        after_experience=snapshot,
+    )
     assert {a.mode for a in models[-1].vit.tasks.values()} == {"full" if "full" in label else "reuse"}
     final_model = models[-1]
     for i, logits in when_learned.items():
@@ -178,9 +184,12 @@ def test_memory_strategy_never_forgets(backbone, digits_task, label) -> None:
 
 @pytest.mark.parametrize(
     ("label", "expected"),
-    [("memory-5", lambda L, D: count_task_parameters(L, 5, D, 2)), ("head-only", lambda L, D: (D + 1) * 2),
-     ("memory-full-10", lambda L, D: count_task_parameters(L, 10, D, 2)),
-     ("head-class", lambda L, D: D + (D + 1) * 2)],
+    [
+        ("memory-5", lambda L, D: count_task_parameters(L, 5, D, 2)),
+        ("head-only", lambda L, D: (D + 1) * 2),
+        ("memory-full-10", lambda L, D: count_task_parameters(L, 10, D, 2)),
+        ("head-class", lambda L, D: D + (D + 1) * 2),
+    ],
 )
 def test_each_experience_trains_only_its_own_adapter(backbone, digits_task, label, expected) -> None:
     result = run_strategy(digits_task, StrategySpec.parse(label), backbone, FAST, progress=False)
@@ -246,7 +255,9 @@ def test_task_router_on_separable_features() -> None:
 def test_oas_shrinkage_matches_scikit_learn() -> None:
     from sklearn.covariance import oas
 
-    x = torch.randn(200, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * torch.linspace(0.1, 4, 12)
+    x = torch.randn(200, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * torch.linspace(
+        0.1, 4, 12
+    )
     _, expected = oas(x.numpy())
     centred = x - x.mean(0)
     assert math.isclose(oas_shrinkage(centred.T @ centred / 200, 200.0), expected, rel_tol=1e-9)
@@ -348,10 +359,18 @@ def test_strategy_names_and_protocols() -> None:
 # ------------------------------------------------------------------------------------ report, CLI
 def _fake_result(strategy: str, protocol: str, accuracy: float, seed: int = 0) -> RunResult:
     metrics = {
-        "average_accuracy": accuracy, "forgetting": 0.0, "bwt": 0.0, "task_id_accuracy": None,
-        "task_id_accuracy_by_route": None, "trainable_params_per_task": 1000.0, "stored_bytes_per_task": 4000.0,
-        "serving_bytes_per_task": 4000.0, "learning_bytes_per_task": 0.0, "backbone_passes_to_serve_all": 1.0,
-        "train_time_s": 1.0, "eval_time_s": 1.0,
+        "average_accuracy": accuracy,
+        "forgetting": 0.0,
+        "bwt": 0.0,
+        "task_id_accuracy": None,
+        "task_id_accuracy_by_route": None,
+        "trainable_params_per_task": 1000.0,
+        "stored_bytes_per_task": 4000.0,
+        "serving_bytes_per_task": 4000.0,
+        "learning_bytes_per_task": 0.0,
+        "backbone_passes_to_serve_all": 1.0,
+        "train_time_s": 1.0,
+        "eval_time_s": 1.0,
     }
     return RunResult("split-digits", strategy, protocol, [[accuracy]], metrics, {"budget": {"seed": seed}}, 2.0)
 
@@ -362,19 +381,36 @@ def test_results_document_layout(tmp_path) -> None:
     accuracies = (("memory-5", 0.9), ("memory-full-5", 0.93), ("head-only", 0.8), ("full-ft", 0.95))
     results = [_fake_result(c, "task", a, s) for c, a in accuracies for s in (0, 1)]
     results += [_fake_result("memory-5", "class", 0.7), _fake_result("l2p", "class", 0.5)]
-    facts = {"architecture": "vit", "config": {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 192, "num_heads": 3},
-             "parameters": 1e6, "sha256": "ab" * 32, "pretraining": "`builtin:shapes`"}
-    kept = {"facts": facts, "budget": vars(Budget()), "seeds": [0, 1], "quick": False, "command": "cmem scenario results",
-            "elapsed_s": 60.0, "generated_at": "2026-01-01T00:00:00+00:00", "results": [r.to_dict() for r in results]}
+    facts = {
+        "architecture": "vit",
+        "config": {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 192, "num_heads": 3},
+        "parameters": 1e6,
+        "sha256": "ab" * 32,
+        "pretraining": "`builtin:shapes`",
+    }
+    kept = {
+        "facts": facts,
+        "budget": vars(Budget()),
+        "seeds": [0, 1],
+        "quick": False,
+        "command": "cmem scenario results",
+        "elapsed_s": 60.0,
+        "generated_at": "2026-01-01T00:00:00+00:00",
+        "results": [r.to_dict() for r in results],
+    }
     (tmp_path / ALL_RESULTS).write_text(json.dumps(kept))
     doc = render_results(tmp_path)
     assert "| Full | Head only | Head + Class | 1 | 5 | 10 | 20 |" in doc
     assert "| split-digits, memory: full attention | 95.0 ± 0.0 | 80.0 ± 0.0 | – | – | 93.0 ± 0.0 | – | – |" in doc
     assert "| split-digits, memory: reuse, one pass | 95.0 ± 0.0 | 80.0 ± 0.0 | – | – | 90.0 ± 0.0 | – | – |" in doc
-    assert ("memory-5 (full attention): 93.0% vs head-only 80.0% (+13.0 points; claim >= +2: **holds**) and vs "
-            "per-task full fine-tuning 95.0% (2.0 points behind; claim <= 3: **holds**)") in doc
-    assert ("memory-5 (reuse, one pass): 90.0% vs head-only 80.0% (+10.0 points; claim >= +2: **holds**) and vs "
-            "per-task full fine-tuning 95.0% (5.0 points behind; claim <= 3: **does not hold**)") in doc
+    assert (
+        "memory-5 (full attention): 93.0% vs head-only 80.0% (+13.0 points; claim >= +2: **holds**) and vs "
+        "per-task full fine-tuning 95.0% (2.0 points behind; claim <= 3: **holds**)"
+    ) in doc
+    assert (
+        "memory-5 (reuse, one pass): 90.0% vs head-only 80.0% (+10.0 points; claim >= +2: **holds**) and vs "
+        "per-task full fine-tuning 95.0% (5.0 points behind; claim <= 3: **does not hold**)"
+    ) in doc
     assert "**beats L2P**" in doc and "builtin:shapes" in doc
 
 
@@ -383,15 +419,31 @@ def test_cli_run_json_and_one_line_errors(tmp_path) -> None:
 
     obj = SimpleNamespace(open_store=lambda: TaskStore(tmp_path / "store"))
     runner = CliRunner()
-    args = ["run", "split-digits", "-s", "memory", "-m", "2", "--backbone", "random", "--epochs", "1",
-            "--limit-per-class", "4", "--no-progress", "--json"]
+    args = [
+        "run",
+        "split-digits",
+        "-s",
+        "memory",
+        "-m",
+        "2",
+        "--backbone",
+        "random",
+        "--epochs",
+        "1",
+        "--limit-per-class",
+        "4",
+        "--no-progress",
+        "--json",
+    ]
     out = runner.invoke(scenario_group, args, obj=obj)
     assert out.exit_code == 0, out.output
     run = json.loads(out.stdout)
     assert run["strategy"] == "memory-2" and run["id"] == 1 and len(run["accuracy_matrix"]) == 5
     bad = runner.invoke(scenario_group, ["run", "split-digits", "-s", "bogus", "--backbone", "random"], obj=obj)
     assert bad.exit_code == 1 and "unknown strategy 'bogus'" in bad.output and "Traceback" not in bad.output
-    wrong = runner.invoke(scenario_group, ["run", "split-digits", "-s", "full-ft", "--protocol", "class", "--backbone", "random"], obj=obj)
+    wrong = runner.invoke(
+        scenario_group, ["run", "split-digits", "-s", "full-ft", "--protocol", "class", "--backbone", "random"], obj=obj
+    )
     assert wrong.exit_code == 1 and "task protocol only" in wrong.output
     listed = runner.invoke(scenario_group, ["runs", "--json"], obj=obj)
     assert [r["strategy"] for r in json.loads(listed.stdout)] == ["memory-2"]
@@ -410,15 +462,40 @@ def test_quick_compare_cli(tmp_path) -> None:
     report = tmp_path / "report"
     out = CliRunner().invoke(
         scenario_group,
-        ["compare", "split-digits", "--quick", "--backbone", "random", "--limit-per-class", "6", "--memory-sizes", "1,5",
-         "--report-dir", str(report), "--no-progress", "--json", "--jobs", "1"],
+        [
+            "compare",
+            "split-digits",
+            "--quick",
+            "--backbone",
+            "random",
+            "--limit-per-class",
+            "6",
+            "--memory-sizes",
+            "1,5",
+            "--report-dir",
+            str(report),
+            "--no-progress",
+            "--json",
+            "--jobs",
+            "1",
+        ],
         obj=obj,
     )
     assert out.exit_code == 0, out.output
     runs = json.loads(out.stdout)["runs"]
     labels = {(r["protocol"], r["strategy"]) for r in runs}
-    assert {("task", "memory-5"), ("task", "full-ft"), ("task", "head-only"), ("task", "naive"), ("class", "l2p"),
-            ("class", "ncm"), ("class", "replay"), ("class", "cumulative"), ("task", "ewc"), ("task", "lwf")} <= labels
+    assert {
+        ("task", "memory-5"),
+        ("task", "full-ft"),
+        ("task", "head-only"),
+        ("task", "naive"),
+        ("class", "l2p"),
+        ("class", "ncm"),
+        ("class", "replay"),
+        ("class", "cumulative"),
+        ("task", "ewc"),
+        ("task", "lwf"),
+    } <= labels
     for r in runs:
         if r["strategy"].startswith(("memory", "head")) and r["protocol"] == "task":
             assert r["metrics"]["forgetting"] == 0.0
@@ -466,8 +543,21 @@ def test_full_compare_split_digits_on_the_demo_backbone(tmp_path) -> None:
 def test_results_command_quick(tmp_path) -> None:
     out = CliRunner().invoke(
         scenario_group,
-        ["results", "--quick", "--backbone", "random", "--seeds", "0", "--out", str(tmp_path / "results.md"),
-         "--report-dir", str(tmp_path / "reports"), "--no-progress", "--jobs", "1"],
+        [
+            "results",
+            "--quick",
+            "--backbone",
+            "random",
+            "--seeds",
+            "0",
+            "--out",
+            str(tmp_path / "results.md"),
+            "--report-dir",
+            str(tmp_path / "reports"),
+            "--no-progress",
+            "--jobs",
+            "1",
+        ],
     )
     assert out.exit_code == 0, out.output
     document = (tmp_path / "results.md").read_text()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import test_store_fixtures as fx
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
+from alembic import command
 from store import SchemaVersionError, TaskStore
 from store.db import READ_ONLY, alembic_config, current_revision, head_revision, make_engine, upgrade
 from store.models import Base
@@ -88,11 +88,13 @@ def test_alembic_command_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     env = {k: v for k, v in os.environ.items() if k != "CMEM_DB_URL"}
     alembic = [sys.executable, "-m", "alembic"]
-    subprocess.run([*alembic, "-x", f"url={url}", "upgrade", "head"], cwd=REPO_ROOT, env=env, check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*alembic, "-x", f"url={url}", "upgrade", "head"], cwd=REPO_ROOT, env=env, check=True, capture_output=True
+    )
     assert current_revision(url) == head_revision()
-    subprocess.run([*alembic, "downgrade", "base"], cwd=REPO_ROOT, env={**env, "CMEM_DB_URL": url}, check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*alembic, "downgrade", "base"], cwd=REPO_ROOT, env={**env, "CMEM_DB_URL": url}, check=True, capture_output=True
+    )
     assert current_revision(url) is None
 
 
@@ -100,4 +102,4 @@ def test_schema_revision_constant_is_alembic_head() -> None:
     """`store.db.SCHEMA_REVISION` lets an up-to-date store open without importing alembic."""
     from store.db import SCHEMA_REVISION
 
-    assert SCHEMA_REVISION == head_revision()
+    assert head_revision() == SCHEMA_REVISION

@@ -25,7 +25,11 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from continual_mem.errors import ContinualMemError
 
     types: list[type[BaseException]] = [ContinualMemError]
-    for module, name in (("store.errors", "StoreError"), ("sqlalchemy.exc", "OperationalError"), ("sqlalchemy.exc", "ArgumentError")):
+    for module, name in (
+        ("store.errors", "StoreError"),
+        ("sqlalchemy.exc", "OperationalError"),
+        ("sqlalchemy.exc", "ArgumentError"),
+    ):
         loaded = sys.modules.get(module)  # only errors of modules already imported can have been raised
         if loaded is not None:
             types.append(getattr(loaded, name))
@@ -59,13 +63,13 @@ class App:
 
     home: Path
     db_url: str | None
-    _store: "TaskStore | None" = field(default=None, repr=False)
+    _store: TaskStore | None = field(default=None, repr=False)
 
     @property
     def default_db(self) -> Path:
         return self.home / "store.db"
 
-    def open_store(self, create: bool = False) -> "TaskStore":
+    def open_store(self, create: bool = False) -> TaskStore:
         """The task store; `create` makes a new one (and upgrades an old schema, as `cmem init`)."""
         if self._store is not None:
             return self._store
@@ -87,10 +91,20 @@ pass_app = click.make_pass_decorator(App)
 
 @click.group(cls=CmemGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--home", envvar="CMEM_HOME", default=DEFAULT_HOME, show_default=True, type=click.Path(path_type=Path),
+    "--home",
+    envvar="CMEM_HOME",
+    default=DEFAULT_HOME,
+    show_default=True,
+    type=click.Path(path_type=Path),
     help="Store directory (SQLite database, artifacts). Env: CMEM_HOME.",
-)  # fmt: skip
-@click.option("--db", "db_url", envvar="CMEM_DB_URL", default=None, help="SQLAlchemy database URL instead of <home>/store.db. Env: CMEM_DB_URL.")
+)
+@click.option(
+    "--db",
+    "db_url",
+    envvar="CMEM_DB_URL",
+    default=None,
+    help="SQLAlchemy database URL instead of <home>/store.db. Env: CMEM_DB_URL.",
+)
 @click.version_option(package_name="continual-mem")
 @click.pass_context
 def cli(ctx: click.Context, home: Path, db_url: str | None) -> None:
@@ -121,4 +135,4 @@ def _register_commands() -> None:
 
 _register_commands()
 
-__all__ = ["App", "cli", "main", "pass_app", "one_line"]
+__all__ = ["App", "cli", "main", "one_line", "pass_app"]

@@ -35,21 +35,22 @@ def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> Non
     from continual_mem.data import load_source
     from continual_mem.train import TrainConfig
 
-    from .model_commands import _train_with_progress, pretrain_backbone_with_progress, _pretrain_config
+    from .model_commands import _pretrain_config, _train_with_progress, pretrain_backbone_with_progress
 
     _step(f"1. backbone {DEMO_BACKBONE} (store: {store.home})")
     if any(b.name == DEMO_BACKBONE for b in store.list_backbones()):
         click.echo(f"{DEMO_BACKBONE} is already in the store: reused")
     else:
         config = _pretrain_config(None, {}, None, pretrain_epochs, None, None, 0)
-        click.echo(f"No model hub here: pretraining {config.model_name} {dict(config.model_kwargs)} on {config.data} "
-                   "(generated pen-stroke glyphs, disjoint from every task below)")  # fmt: skip
+        click.echo(
+            f"No model hub here: pretraining {config.model_name} {dict(config.model_kwargs)} on {config.data} "
+            "(generated pen-stroke glyphs, disjoint from every task below)"
+        )
         pretrain_backbone_with_progress(store, DEMO_BACKBONE, config)
 
     _step("2. register and train the tasks (reuse mode: the backbone never changes)")
-    from store import NotFoundError
-
     from continual_mem.train import DistContext
+    from store import NotFoundError
 
     for name, source, description in DEMO_TASKS:
         try:
@@ -68,14 +69,28 @@ def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> Non
     answers, passes = service.predict(loaded, batch, top_k=1)
     click.echo(f"{len(loaded.versions)} tasks answered with {passes} backbone pass(es) per batch")
     echo_table(
-        [(f.name, *(f"{a[t][0].label} ({a[t][0].probability:.2f})" for t in loaded.versions)) for f, a in zip(files, answers)],
+        [
+            (f.name, *(f"{a[t][0].label} ({a[t][0].probability:.2f})" for t in loaded.versions))
+            for f, a in zip(files, answers)
+        ],
         ["image", *loaded.versions],
     )
 
     _step("4. what the store says is deployed")
     echo_table(
-        [(e.task, e.alias, e.version, e.mode, e.memory_size, metric(e.metrics, "val_accuracy"), e.backbone, human_size(e.artifact_size))
-         for e in store.deployed()],  # fmt: skip
+        [
+            (
+                e.task,
+                e.alias,
+                e.version,
+                e.mode,
+                e.memory_size,
+                metric(e.metrics, "val_accuracy"),
+                e.backbone,
+                human_size(e.artifact_size),
+            )
+            for e in store.deployed()
+        ],
         ["task", "alias", "version", "mode", "memory", "val acc", "backbone", "size"],
     )
     click.echo(f"\nDone in {time.perf_counter() - started:.0f} s. Try: cmem --home {app.home} task show dots")

@@ -29,9 +29,12 @@ def parse_model_args(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 model_arg_option = click.option(
-    "--arg", "model_args", multiple=True, metavar="NAME=VALUE",
+    "--arg",
+    "model_args",
+    multiple=True,
+    metavar="NAME=VALUE",
     help="timm.create_model keyword argument (repeatable), e.g. --arg img_size=32.",
-)  # fmt: skip
+)
 
 
 def _check_device(device: str) -> None:
@@ -45,11 +48,15 @@ def _check_device(device: str) -> None:
 @backbone.command("add")
 @click.argument("name")
 @click.option("--model", "model_name", required=True, help="timm model name, e.g. vit_base_patch16_224.")
-@click.option("--weights", type=click.Path(path_type=Path), help="Local .safetensors, .pth (weights_only) or .npz file.")
+@click.option(
+    "--weights", type=click.Path(path_type=Path), help="Local .safetensors, .pth (weights_only) or .npz file."
+)
 @click.option("--random-init", is_flag=True, help="Random weights (for tests and timing only).")
 @model_arg_option
 @pass_app
-def backbone_add(app: App, name: str, model_name: str, weights: Path | None, random_init: bool, model_args: tuple[str, ...]) -> None:
+def backbone_add(
+    app: App, name: str, model_name: str, weights: Path | None, random_init: bool, model_args: tuple[str, ...]
+) -> None:
     """Register backbone NAME: hub weights, or a local weight file when no network is there."""
     if weights is not None and random_init:
         raise click.ClickException("--weights and --random-init exclude each other")
@@ -70,8 +77,17 @@ def backbone_add(app: App, name: str, model_name: str, weights: Path | None, ran
 @click.option("--batch-size", type=int, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @pass_app
-def backbone_pretrain(app: App, name: str, model_name: str | None, model_args: tuple[str, ...], data_source: str | None,
-                      epochs: int | None, lr: float | None, batch_size: int | None, seed: int) -> None:  # fmt: skip
+def backbone_pretrain(
+    app: App,
+    name: str,
+    model_name: str | None,
+    model_args: tuple[str, ...],
+    data_source: str | None,
+    epochs: int | None,
+    lr: float | None,
+    batch_size: int | None,
+    seed: int,
+) -> None:
     """Pretrain a small ViT here (no model hub reaches this machine) and register it as NAME.
 
     Its data must be disjoint from the downstream tasks: the default is generated glyphs.
@@ -112,7 +128,9 @@ def pretrain_backbone_with_progress(store, name, config):  # type: ignore[no-unt
 # ------------------------------------------------------------------------------------- training
 @task.command("train")
 @click.argument("name")
-@click.option("--data", "data_source", required=True, help="Image folder, builtin:digits[?classes=..], builtin:synthetic.")
+@click.option(
+    "--data", "data_source", required=True, help="Image folder, builtin:digits[?classes=..], builtin:synthetic."
+)
 @click.option("--memory", type=int, default=5, show_default=True, help="Memory tokens per layer.")
 @click.option("--mode", type=click.Choice(["reuse", "full"]), default="reuse", show_default=True)
 @click.option("--epochs", type=int, default=10, show_default=True)
@@ -127,8 +145,24 @@ def pretrain_backbone_with_progress(store, name, config):  # type: ignore[no-unt
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of refusing the data.")
 @json_option
 @pass_app
-def task_train(app: App, name: str, data_source: str, memory: int, mode: str, epochs: int, steps: int | None, lr: float,
-               head_lr: float, batch_size: int, val_split: float, seed: int, device: str, amp: bool, skip_bad: bool, as_json: bool) -> None:  # fmt: skip
+def task_train(
+    app: App,
+    name: str,
+    data_source: str,
+    memory: int,
+    mode: str,
+    epochs: int,
+    steps: int | None,
+    lr: float,
+    head_lr: float,
+    batch_size: int,
+    val_split: float,
+    seed: int,
+    device: str,
+    amp: bool,
+    skip_bad: bool,
+    as_json: bool,
+) -> None:
     """Train a new version of task NAME (runs unchanged under torchrun)."""
     from continual_mem import service
     from continual_mem.errors import ContinualMemError
@@ -136,7 +170,9 @@ def task_train(app: App, name: str, data_source: str, memory: int, mode: str, ep
 
     _check_device(device)
     try:
-        config = TrainConfig(epochs=epochs, steps=steps, lr=lr, head_lr=head_lr, batch_size=batch_size, seed=seed, device=device, amp=amp)
+        config = TrainConfig(
+            epochs=epochs, steps=steps, lr=lr, head_lr=head_lr, batch_size=batch_size, seed=seed, device=device, amp=amp
+        )
     except ValueError as exc:
         raise ContinualMemError(str(exc)) from None
     request = service.TrainRequest(name, data_source, memory, mode, val_split, skip_bad, config)
@@ -170,7 +206,11 @@ def _train_with_progress(store, request, ctx):  # type: ignore[no-untyped-def]
         if not ctx.is_main:
             return
         if not bars:
-            bars.append(tqdm(total=p.total_steps, desc=f"train {request.task}", unit="step", file=sys.stderr, dynamic_ncols=True))
+            bars.append(
+                tqdm(
+                    total=p.total_steps, desc=f"train {request.task}", unit="step", file=sys.stderr, dynamic_ncols=True
+                )
+            )
         bars[0].set_postfix(epoch=p.epoch, loss=f"{p.loss:.3f}", acc=f"{p.accuracy:.3f}", refresh=False)
         bars[0].update(1)
 
@@ -197,7 +237,15 @@ def _leave_distributed() -> None:
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @json_option
 @pass_app
-def predict(app: App, paths: tuple[Path, ...], tasks: tuple[str, ...], alias: str | None, top_k: int, batch_size: int, as_json: bool) -> None:
+def predict(
+    app: App,
+    paths: tuple[Path, ...],
+    tasks: tuple[str, ...],
+    alias: str | None,
+    top_k: int,
+    batch_size: int,
+    as_json: bool,
+) -> None:
     """Answer every requested task for images PATHS (files or folders) in ONE backbone pass per batch.
 
     Reuse-mode tasks share that pass; tasks trained in full mode need one pass each (said in the output).
@@ -216,16 +264,32 @@ def predict(app: App, paths: tuple[Path, ...], tasks: tuple[str, ...], alias: st
     full = [t for t, v in loaded.versions.items() if v.mode == "full"]
     if as_json:
         for path, answer in zip(files, answers):
-            echo_json_line({"path": str(path), "backbone_passes": passes, "predictions": {
-                t: {"version": loaded.versions[t].number, "top": [{"label": p.label, "probability": round(p.probability, 6)} for p in preds]}
-                for t, preds in answer.items()}})  # fmt: skip
+            echo_json_line(
+                {
+                    "path": str(path),
+                    "backbone_passes": passes,
+                    "predictions": {
+                        t: {
+                            "version": loaded.versions[t].number,
+                            "top": [{"label": p.label, "probability": round(p.probability, 6)} for p in preds],
+                        }
+                        for t, preds in answer.items()
+                    },
+                }
+            )
         return
     note = f" ({', '.join(full)} trained in full mode: one pass each)" if full else ""
     click.echo(f"{len(loaded.versions)} task(s), {passes} backbone pass(es) per batch{note}")
     rows = []
     for path, answer in zip(files, answers):
         for t, preds in answer.items():
-            rows.append((str(path), f"{t}@{loaded.versions[t].number}", "  ".join(f"{p.label} {p.probability:.2f}" for p in preds)))
+            rows.append(
+                (
+                    str(path),
+                    f"{t}@{loaded.versions[t].number}",
+                    "  ".join(f"{p.label} {p.probability:.2f}" for p in preds),
+                )
+            )
     echo_table(rows, ["image", "task", f"top-{top_k}"])
 
 
@@ -244,7 +308,9 @@ def eval_cmd(app: App, ref: str, data_source: str, skip_bad: bool, as_json: bool
     if as_json:
         echo_json(result)
         return
-    click.echo(f"{result['version']} on {data_source}: accuracy {result['accuracy']:.4f} over {result['samples']} images")
+    click.echo(
+        f"{result['version']} on {data_source}: accuracy {result['accuracy']:.4f} over {result['samples']} images"
+    )
     names = result["class_names"]
     echo_table(
         [(n, result["per_class_accuracy"][n], *row) for n, row in zip(names, result["confusion_matrix"])],

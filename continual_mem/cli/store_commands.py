@@ -100,10 +100,19 @@ def backbone_list(app: App, as_json: bool) -> None:
         return
     echo_table(
         [
-            (b.name, b.timm_name, b.config.get("img_size"), b.config.get("patch_size"), b.config.get("depth"),
-             b.config.get("embed_dim"), b.weights_sha256[:12], human_size(b.weights_size), b.config.get("source"))
+            (
+                b.name,
+                b.timm_name,
+                b.config.get("img_size"),
+                b.config.get("patch_size"),
+                b.config.get("depth"),
+                b.config.get("embed_dim"),
+                b.weights_sha256[:12],
+                human_size(b.weights_size),
+                b.config.get("source"),
+            )
             for b in rows
-        ],  # fmt: skip
+        ],
         ["name", "timm model", "img", "patch", "depth", "dim", "weights sha256", "size", "source"],
     )
 
@@ -122,7 +131,15 @@ def task() -> None:
 @click.option("--description", default="", help="Free text.")
 @json_option
 @pass_app
-def task_register(app: App, name: str, backbone_name: str, classes: str | None, data_source: str | None, description: str, as_json: bool) -> None:
+def task_register(
+    app: App,
+    name: str,
+    backbone_name: str,
+    classes: str | None,
+    data_source: str | None,
+    description: str,
+    as_json: bool,
+) -> None:
     """Register a task NAME (lowercase letters, digits, '-', '_', '.')."""
     if (classes is None) == (data_source is None):
         raise click.UsageError("give exactly one of --classes or --data")
@@ -137,7 +154,9 @@ def task_register(app: App, name: str, backbone_name: str, classes: str | None, 
     if as_json:
         echo_json(info)
     else:
-        click.echo(f"Registered task {info.name} on {info.backbone}: {len(info.class_names)} classes ({', '.join(info.class_names)})")
+        click.echo(
+            f"Registered task {info.name} on {info.backbone}: {len(info.class_names)} classes ({', '.join(info.class_names)})"
+        )
 
 
 @task.command("list")
@@ -183,11 +202,19 @@ def task_show(app: App, name: str, as_json: bool) -> None:
 def _versions_table(versions: list) -> None:
     echo_table(
         [
-            (v.number, v.status + (" (deleted)" if v.deleted else ""), v.mode, v.memory_size,
-             metric(v.metrics, "val_accuracy"), metric(v.metrics, "train_seconds"), ",".join(v.aliases) or "-",
-             human_size(v.artifact_size), v.created_at)
+            (
+                v.number,
+                v.status + (" (deleted)" if v.deleted else ""),
+                v.mode,
+                v.memory_size,
+                metric(v.metrics, "val_accuracy"),
+                metric(v.metrics, "train_seconds"),
+                ",".join(v.aliases) or "-",
+                human_size(v.artifact_size),
+                v.created_at,
+            )
             for v in versions
-        ],  # fmt: skip
+        ],
         ["version", "status", "mode", "memory", "val acc", "train s", "aliases", "size", "created"],
         empty="(no versions yet: cmem task train ...)",
     )
@@ -265,7 +292,10 @@ def history(app: App, name: str, alias: str, as_json: bool) -> None:
     if as_json:
         echo_json(moves)
         return
-    echo_table([(m.moved_at, m.kind, m.from_version, m.to_version, m.actor) for m in moves], ["when", "move", "from", "to", "by"])
+    echo_table(
+        [(m.moved_at, m.kind, m.from_version, m.to_version, m.actor) for m in moves],
+        ["when", "move", "from", "to", "by"],
+    )
 
 
 @click.command()
@@ -280,10 +310,19 @@ def deployed(app: App, alias: str | None, as_json: bool) -> None:
         return
     echo_table(
         [
-            (e.task, e.alias, e.version, e.mode, e.memory_size, metric(e.metrics, "val_accuracy"),
-             e.backbone, human_size(e.artifact_size), e.updated_at)
+            (
+                e.task,
+                e.alias,
+                e.version,
+                e.mode,
+                e.memory_size,
+                metric(e.metrics, "val_accuracy"),
+                e.backbone,
+                human_size(e.artifact_size),
+                e.updated_at,
+            )
             for e in rows
-        ],  # fmt: skip
+        ],
         ["task", "alias", "version", "mode", "memory", "val acc", "backbone", "size", "since"],
         empty="(nothing deployed: cmem deploy NAME)",
     )
