@@ -31,7 +31,7 @@ def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> Non
     """Pretrain a tiny ViT, grow it into 3 tasks, deploy them and answer all of them in one pass."""
     started = time.perf_counter()
     store = app.open_store(create=True)
-    from continual_mem import service
+    from continual_mem import services
     from continual_mem.data import load_source
     from continual_mem.train import TrainConfig
 
@@ -57,16 +57,16 @@ def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> Non
             store.get_task(name)
         except NotFoundError:
             store.register_task(name, DEMO_BACKBONE, load_source(source).class_names, description)
-        request = service.TrainRequest(name, source, memory, "reuse", 0.2, False, TrainConfig(epochs=epochs, seed=0))
+        request = services.TrainRequest(name, source, memory, "reuse", 0.2, False, TrainConfig(epochs=epochs, seed=0))
         version, metrics = _train_with_progress(store, request, DistContext())
         click.echo(f"{version.ref}: val accuracy {metrics['val_accuracy']:.3f} ({metrics['train_seconds']:.1f} s)")
         store.set_alias(name, "production", version.number, actor="cmem demo")
 
     _step("3. predict every deployed task from ONE backbone pass")
     images = _write_sample_images(store.home / "demo-images")
-    loaded = service.load_versions(store, service.deployed_refs(store, "production"))
-    files, batch = service.load_image_files(images)
-    answers, passes = service.predict(loaded, batch, top_k=1)
+    loaded = services.load_versions(store, services.deployed_refs(store, "production"))
+    files, batch = services.load_image_files(images)
+    answers, passes = services.predict(loaded, batch, top_k=1)
     click.echo(f"{len(loaded.versions)} tasks answered with {passes} backbone pass(es) per batch")
     echo_table(
         [

@@ -61,9 +61,9 @@ def backbone_add(
     if weights is not None and random_init:
         raise click.ClickException("--weights and --random-init exclude each other")
     store = app.open_store()
-    from continual_mem import service
+    from continual_mem import services
 
-    info = service.add_backbone(store, name, model_name, weights, parse_model_args(model_args), random_init)
+    info = services.add_backbone(store, name, model_name, weights, parse_model_args(model_args), random_init)
     click.echo(f"Added backbone {info.name} ({info.timm_name}, weights sha256 {info.weights_sha256[:12]})")
 
 
@@ -114,7 +114,7 @@ def _pretrain_config(model_name, model_kwargs, data_source, epochs, lr, batch_si
 def pretrain_backbone_with_progress(store, name, config):  # type: ignore[no-untyped-def]
     from tqdm import tqdm
 
-    from continual_mem import service
+    from continual_mem import services
 
     with tqdm(total=config.epochs, desc=f"pretrain {name}", unit="epoch", file=sys.stderr) as bar:
 
@@ -122,7 +122,7 @@ def pretrain_backbone_with_progress(store, name, config):  # type: ignore[no-unt
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
             bar.update(1)
 
-        return service.pretrain_and_add_backbone(store, name, config, on_epoch)
+        return services.pretrain_and_add_backbone(store, name, config, on_epoch)
 
 
 # ------------------------------------------------------------------------------------- training
@@ -164,7 +164,7 @@ def task_train(
     as_json: bool,
 ) -> None:
     """Train a new version of task NAME (runs unchanged under torchrun)."""
-    from continual_mem import service
+    from continual_mem import services
     from continual_mem.errors import ContinualMemError
     from continual_mem.train import TrainConfig, init_distributed
 
@@ -175,7 +175,7 @@ def task_train(
         )
     except ValueError as exc:
         raise ContinualMemError(str(exc)) from None
-    request = service.TrainRequest(name, data_source, memory, mode, val_split, skip_bad, config)
+    request = services.TrainRequest(name, data_source, memory, mode, val_split, skip_bad, config)
     store = app.open_store()
     ctx = init_distributed(device)
     try:
@@ -198,7 +198,7 @@ def _train_with_progress(store, request, ctx):  # type: ignore[no-untyped-def]
     """Train with a progress bar (rank 0), shown from the first step: refusals print nothing else."""
     from tqdm import tqdm
 
-    from continual_mem import service
+    from continual_mem import services
 
     bars: list[tqdm] = []
 
@@ -215,7 +215,7 @@ def _train_with_progress(store, request, ctx):  # type: ignore[no-untyped-def]
         bars[0].update(1)
 
     try:
-        return service.train_version(store, request, on_step=on_step, ctx=ctx)
+        return services.train_version(store, request, on_step=on_step, ctx=ctx)
     finally:
         for bar in bars:
             bar.close()
@@ -255,12 +255,12 @@ def predict(
     if top_k < 1:
         raise click.ClickException(f"--top-k must be at least 1, got {top_k}")
     store = app.open_store()
-    from continual_mem import service
+    from continual_mem import services
 
-    refs = list(tasks) if tasks else service.deployed_refs(store, alias or "production")
-    loaded = service.load_versions(store, refs)
-    files, images = service.load_image_files(paths)
-    answers, passes = service.predict(loaded, images, top_k=top_k, batch_size=batch_size)
+    refs = list(tasks) if tasks else services.deployed_refs(store, alias or "production")
+    loaded = services.load_versions(store, refs)
+    files, images = services.load_image_files(paths)
+    answers, passes = services.predict(loaded, images, top_k=top_k, batch_size=batch_size)
     full = [t for t, v in loaded.versions.items() if v.mode == "full"]
     if as_json:
         for path, answer in zip(files, answers):
@@ -302,9 +302,9 @@ def predict(
 def eval_cmd(app: App, ref: str, data_source: str, skip_bad: bool, as_json: bool) -> None:
     """Accuracy, per-class accuracy and confusion matrix of REF (NAME, NAME@V, NAME@ALIAS); kept in the store."""
     store = app.open_store()
-    from continual_mem import service
+    from continual_mem import services
 
-    result = service.evaluate_version(store, ref, data_source, skip_bad)
+    result = services.evaluate_version(store, ref, data_source, skip_bad)
     if as_json:
         echo_json(result)
         return
