@@ -16,8 +16,6 @@ from typing import Any, ClassVar
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from continual_mem.adapter import AttentionMode
-
 from . import avalanche_deprecations_dropped
 from .benchmarks import Protocol, Scenario, ScenarioError
 from .metrics import (
@@ -32,92 +30,12 @@ from .metrics import (
     task_id_accuracies,
 )
 from .plugins import CosineSchedule, TrainableCounter
-from .strategies import REGISTRY, BuildRequest, StrategyEntry, entry_for, parse_sized, sized_usages, strategy_names
+from .strategies import QUICK_BUDGET as QUICK_BUDGET  # defined with the registry, importable from here too
+from .strategies import REGISTRY, Budget, BuildRequest, StrategySpec
 from .strategy import DEFAULT_ROUTE, Route
 
 MEMORY_SIZES = (1, 5, 10, 20)
 PROBE_IMAGES = 8
-
-
-@dataclass(frozen=True)
-class StrategySpec:
-    """A registered strategy's name (`scenarios.strategies`), its memory size and attention mode."""
-
-    name: str
-    memory: int = 5
-    attention: AttentionMode = "reuse"
-
-    def __post_init__(self) -> None:
-        if entry_for(self.name) is None:
-            known = ", ".join([*strategy_names(), *sized_usages()])
-            raise ScenarioError(f"unknown strategy {self.name!r} (known: {known})")
-        if self.entry.sized and self.memory < 1:
-            raise ScenarioError(f"memory size must be >= 1, got {self.memory}")
-
-    @classmethod
-    def parse(cls, text: str, memory: int | None = None) -> StrategySpec:
-        """`memory-10`, `memory-full-10` (input tokens attend to the memory too), `memory` or
-        `memory-full` (with `memory` or 5 tokens), or any other strategy name."""
-        default = memory if memory is not None else 5
-        try:
-            sized = parse_sized(text)
-        except ValueError as exc:
-            raise ScenarioError(str(exc)) from None
-        if sized is None:
-            return cls(text, default)
-        entry, size = sized
-        return cls(entry.name, size if size is not None else default, entry.attention)
-
-    @property
-    def entry(self) -> StrategyEntry:
-        """The registry's entry for this strategy (and attention mode)."""
-        entry = entry_for(self.name, self.attention)
-        assert entry is not None, self.name  # __post_init__ checked the name
-        return entry
-
-    @property
-    def label(self) -> str:
-        return self.entry.label(self.memory)
-
-    def supports(self, protocol: Protocol) -> bool:
-        return self.only_protocol in (None, protocol)
-
-    @property
-    def only_protocol(self) -> Protocol | None:
-        """The one protocol this strategy runs in, if it does not run in both."""
-        return self.entry.only_protocol
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Training budget shared by every strategy of a comparison.
-
-    One schedule for all (AdamW, cosine from the base rate to 0 within each experience, same
-    epochs, batch size and seed); the base rate depends on what is trained: task heads and L2P
-    prompts learn from scratch and take a high rate, memory and class tokens a tenth of it (they
-    pass through LayerNorm, see `TaskAdapter.param_groups`), fine-tuning a whole pretrained ViT a
-    low one.
-    NCM is fitted in one pass over the data, without gradients. The defaults fit the full
-    split-digits comparison into 20 minutes on 2 CPU cores; with about 250 training images per
-    experience they give 80 optimizer steps per experience.
-    """
-
-    epochs: int = 5
-    batch_size: int = 16
-    eval_batch_size: int = 256
-    lr_adapter: float = 3e-3
-    lr_head: float = 3e-2
-    lr_prompt: float = 3e-2
-    lr_finetune: float = 1e-4
-    weight_decay: float = 0.0
-    seed: int = 0
-
-    def lr_for(self, spec: StrategySpec) -> float:
-        """The base rate of the strategy's learning-rate group (`lr_adapter`, `lr_prompt`, `lr_finetune`)."""
-        return float(getattr(self, f"lr_{spec.entry.lr_group}"))
-
-
-QUICK_BUDGET = Budget(epochs=1)
 
 
 @dataclass

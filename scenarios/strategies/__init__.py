@@ -15,9 +15,12 @@ from __future__ import annotations
 from importlib import import_module
 
 from .registry import (
+    QUICK_BUDGET,
     REGISTRY,
+    Budget,
     BuildRequest,
     StrategyEntry,
+    StrategySpec,
     entry_for,
     help_table,
     help_text,
@@ -38,10 +41,13 @@ STRATEGIES = strategy_names()
 
 __all__ = [
     "FAMILIES",
+    "QUICK_BUDGET",
     "REGISTRY",
     "STRATEGIES",
+    "Budget",
     "BuildRequest",
     "StrategyEntry",
+    "StrategySpec",
     "entry_for",
     "help_table",
     "help_text",

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .registry import BuildRequest, register
+from .registry import BuildRequest, StrategySpec, register
 
 if TYPE_CHECKING:
-    from ..runner import StrategySpec
     from ..strategy import AdapterVariant
 
 

@@ -2,8 +2,9 @@
 
 An entry says how to build the strategy (`build`), which of the budget's learning rates trains it
 (`lr_group`), the protocols it runs in, its run time relative to Naive (`cost`, so the longest
-runs start first) and a line of help. `StrategySpec`'s names and parsing, `build_strategy`,
-`Budget.lr_for`, `compare_specs`, the worker ordering and `cmem scenario --help` all read it.
+runs start first) and a line of help. `StrategySpec` (a strategy as a run names it: name, memory
+size, attention) and `Budget.lr_for` live here, on top of it; `build_strategy`, `compare_specs`,
+the worker ordering and `cmem scenario --help` read it too.
 
 A strategy registers itself with `register(...)` in its family's module of this package. Keep
 those modules light (no torch, timm or Avalanche at import): import them inside `build`, so that
@@ -16,11 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..errors import ScenarioError
+
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
 
+    from continual_mem.adapter import AttentionMode
+
     from ..benchmarks import Protocol, Scenario
-    from ..runner import Budget, StrategySpec
     from ..strategy import Route
 
 #: Which of `Budget`'s base rates a strategy trains with (`Budget.lr_<group>`).
@@ -161,3 +165,84 @@ def help_table() -> str:
         where = f" ({e.only_protocol} only)" if e.only_protocol else ""
         lines.append(f"  {e.usage.ljust(width)}  {e.help}{where}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A registered strategy's name (`scenarios.strategies`), its memory size and attention mode."""
+
+    name: str
+    memory: int = 5
+    attention: AttentionMode = "reuse"
+
+    def __post_init__(self) -> None:
+        if entry_for(self.name) is None:
+            known = ", ".join([*strategy_names(), *sized_usages()])
+            raise ScenarioError(f"unknown strategy {self.name!r} (known: {known})")
+        if self.entry.sized and self.memory < 1:
+            raise ScenarioError(f"memory size must be >= 1, got {self.memory}")
+
+    @classmethod
+    def parse(cls, text: str, memory: int | None = None) -> StrategySpec:
+        """`memory-10`, `memory-full-10` (input tokens attend to the memory too), `memory` or
+        `memory-full` (with `memory` or 5 tokens), or any other strategy name."""
+        default = memory if memory is not None else 5
+        try:
+            sized = parse_sized(text)
+        except ValueError as exc:
+            raise ScenarioError(str(exc)) from None
+        if sized is None:
+            return cls(text, default)
+        entry, size = sized
+        return cls(entry.name, size if size is not None else default, entry.attention)
+
+    @property
+    def entry(self) -> StrategyEntry:
+        """The registry's entry for this strategy (and attention mode)."""
+        entry = entry_for(self.name, self.attention)
+        assert entry is not None, self.name  # __post_init__ checked the name
+        return entry
+
+    @property
+    def label(self) -> str:
+        return self.entry.label(self.memory)
+
+    def supports(self, protocol: Protocol) -> bool:
+        return self.only_protocol in (None, protocol)
+
+    @property
+    def only_protocol(self) -> Protocol | None:
+        """The one protocol this strategy runs in, if it does not run in both."""
+        return self.entry.only_protocol
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training budget shared by every strategy of a comparison.
+
+    One schedule for all (AdamW, cosine from the base rate to 0 within each experience, same
+    epochs, batch size and seed); the base rate depends on what is trained: task heads and L2P
+    prompts learn from scratch and take a high rate, memory and class tokens a tenth of it (they
+    pass through LayerNorm, see `TaskAdapter.param_groups`), fine-tuning a whole pretrained ViT a
+    low one.
+    NCM is fitted in one pass over the data, without gradients. The defaults fit the full
+    split-digits comparison into 20 minutes on 2 CPU cores; with about 250 training images per
+    experience they give 80 optimizer steps per experience.
+    """
+
+    epochs: int = 5
+    batch_size: int = 16
+    eval_batch_size: int = 256
+    lr_adapter: float = 3e-3
+    lr_head: float = 3e-2
+    lr_prompt: float = 3e-2
+    lr_finetune: float = 1e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def lr_for(self, spec: StrategySpec) -> float:
+        """The base rate of the strategy's learning-rate group (`lr_adapter`, `lr_prompt`, `lr_finetune`)."""
+        return float(getattr(self, f"lr_{spec.entry.lr_group}"))
+
+
+QUICK_BUDGET = Budget(epochs=1)
