@@ -94,7 +94,7 @@ def test_the_installed_wheel_creates_and_upgrades_a_store(wheel, installed, tmp_
         "from store import TaskStore\n"
         "from continual_mem.cli import cli\n"
         "print('FILES', continual_mem.__file__, store.__file__, store.db.ALEMBIC_DIR)\n"
-        "print('METADATA', importlib.metadata.version('continual-mem'))\n"
+        "print('METADATA', importlib.metadata.version('continual-mem'), continual_mem.__version__)\n"
         "def cmem(*args):\n"
         "    try:\n"
         f"        cli([*args], prog_name='cmem', standalone_mode=False)\n"
@@ -116,7 +116,7 @@ def test_the_installed_wheel_creates_and_upgrades_a_store(wheel, installed, tmp_
     lines = out.stdout.splitlines()
     files_line = next(line for line in lines if line.startswith("FILES"))
     assert all(path.startswith(str(installed)) for path in files_line.split()[1:]), files_line  # not the repo
-    assert f"METADATA {version}" in lines
+    assert f"METADATA {version} {version}" in lines  # the metadata and continual_mem.__version__
     assert f"cmem, version {version}" in lines
     assert f"sqlite:///{home / 'store.db'}: empty -> {head}" in lines
     assert f"Store ready at {home} (database sqlite:///{home / 'store.db'}, schema {head})" in lines
