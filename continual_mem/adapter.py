@@ -138,13 +138,7 @@ class TaskAdapter(nn.Module):
         path = Path(path)
         meta = self.metadata()
         meta.update(extra_metadata or {})
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            tmp.write_bytes(safetensors_bytes(self.tensors(), meta))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_safetensors(path, self.tensors(), meta)
 
     @classmethod
     def load(
@@ -195,6 +189,21 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data must start 8-byte aligned
     return len(raw).to_bytes(8, "little") + raw + b"".join(chunks)
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write `safetensors_bytes(tensors, metadata)` to `path` atomically (temp file, then rename).
+
+    The core's one file writer (adapters, backbones). The store keeps its own byte-level copy
+    (`store.artifacts`): it must not import torch, and it copies tensor bytes it never decodes.
+    """
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(safetensors_bytes(tensors, metadata))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from .adapter import safetensors_bytes
+from .adapter import write_safetensors
 from .backbone import create_backbone
 from .data import InputSpec, LabeledImages, load_source
 
@@ -81,13 +81,7 @@ def pretrain_backbone(
 
 def save_backbone(model: VisionTransformer, path: Path, metadata: dict[str, str]) -> Path:
     """The backbone's weights as one safetensors file (written atomically, byte-reproducible)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(safetensors_bytes(model.state_dict(), metadata))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_safetensors(path, model.state_dict(), metadata)
 
 
 def pretrain_metadata(config: PretrainConfig) -> dict[str, str]:

@@ -110,6 +110,11 @@ def _autocast(config: TrainConfig):
     return torch.autocast(device_type=device_type, dtype=dtype)
 
 
+def cosine_factor(step: int, total: int) -> float:
+    """The learning-rate multiplier of a cosine decay from 1 (step 0) to 0 (step `total` and after)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
 def fit_task(
     model: MemoryViT,
     task: str,
@@ -141,9 +146,7 @@ def fit_task(
     total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
     groups = model.adapter(task).param_groups(config.lr, config.head_lr)
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, total))
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
     history: list[dict[str, float]] = []
     start = time.perf_counter()

@@ -1,10 +1,13 @@
 """Continual-learning scenarios on Avalanche: the memory-token strategy against Avalanche's own.
 
 Modules: `benchmarks` (split-digits, synthetic, image folders, torchvision sets as Avalanche
-benchmarks), `strategy` (the memory-token strategy), `baselines` (Naive, EWC, LwF, Replay,
-Cumulative, per-task fine-tuning, NCM), `l2p` (the compatibility layer that runs Avalanche's
-LearningToPrompt on our backbone), `runner` (train/evaluate one strategy, metrics), `report`
-(tables, plots, docs/results.md) and `cli` (the `cmem scenario` commands).
+benchmarks), `strategies` (the registry of every strategy a scenario runs: how to build it, its
+learning rate, protocols and cost), `strategy` (the memory-token strategy), `baselines` (Naive,
+EWC, LwF, Replay, Cumulative, per-task fine-tuning, NCM), `l2p` (the compatibility layer that runs
+Avalanche's LearningToPrompt on our backbone), `plugins` (the shared learning-rate schedule and
+parameter counter), `metrics` (defined in `metrics.md`), `runner` (train/evaluate one strategy),
+`report` and `results` (tables, plots, docs/results.md). The `cmem scenario` commands that drive
+them are in `continual_mem.cli.scenario`.
 
 Importing this package imports neither torch, timm nor Avalanche. It installs `quiet_avalanche`'s
 warning filters, so they are in place before any module here imports `avalanche.training`.

@@ -7,30 +7,23 @@
   head per task; nothing is forgotten, but serving T tasks costs T backbone passes and T models.
 * NCM: scikit-learn's `NearestCentroid` on the frozen backbone's L2-normalised features; no SGD.
 * L2P lives in `scenarios.l2p`; head-only / head+class / memory m in `scenarios.strategy`.
+
+The registry (`scenarios.strategies`) builds them; their hyper-parameters are set there.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from avalanche.models import IncrementalClassifier, MultiHeadClassifier, MultiTaskModule
-from avalanche.training import EWC, LwF, Naive, Replay
-from avalanche.training.supervised.cumulative import Cumulative
 from avalanche.training.templates import SupervisedTemplate
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from .benchmarks import Protocol
 from .strategy import TrainableOnlyTemplate
-
-#: Hyper-parameters of the regularisation / rehearsal baselines (Avalanche's usual values; the
-#: replay buffer is small on purpose: about 7% of split-digits' training set).
-EWC_LAMBDA = 1000.0
-LWF_ALPHA = 1.0
-LWF_TEMPERATURE = 2.0
-REPLAY_MEMORY = 100
-FINETUNE_STRATEGIES = ("naive", "ewc", "lwf", "replay", "cumulative")
 
 
 def pooled_features(backbone: VisionTransformer, x: Tensor) -> Tensor:
@@ -229,21 +222,12 @@ def finetune_model(backbone: VisionTransformer, protocol: Protocol) -> nn.Module
     return MultiHeadViT(backbone) if protocol == "task" else SingleHeadViT(backbone)
 
 
-def finetune_strategy(name: str, model: nn.Module, lr: float, weight_decay: float, **common) -> SupervisedTemplate:
-    """Naive, EWC, LwF, Replay or Cumulative over `model`, with AdamW over all its parameters."""
+def finetune_strategy(
+    template: Callable[..., SupervisedTemplate], model: nn.Module, lr: float, weight_decay: float, **common
+) -> SupervisedTemplate:
+    """`template` (Naive, EWC, LwF, Replay, Cumulative, ...) over `model`, with AdamW over all its parameters."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    common = dict(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), **common)
-    if name == "naive":
-        return Naive(**common)
-    if name == "ewc":
-        return EWC(ewc_lambda=EWC_LAMBDA, mode="separate", **common)
-    if name == "lwf":
-        return LwF(alpha=LWF_ALPHA, temperature=LWF_TEMPERATURE, **common)
-    if name == "replay":
-        return Replay(mem_size=REPLAY_MEMORY, **common)
-    if name == "cumulative":
-        return Cumulative(**common)
-    raise ValueError(f"unknown fine-tuning baseline {name!r} (known: {', '.join(FINETUNE_STRATEGIES)})")
+    return template(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), **common)
 
 
 def per_task_finetune_strategy(

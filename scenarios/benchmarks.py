@@ -28,7 +28,8 @@ from continual_mem.data import (
     split_train_val,
     synthetic,
 )
-from continual_mem.errors import ContinualMemError
+
+from .errors import ScenarioError
 
 Protocol = Literal["task", "class"]
 PROTOCOLS: tuple[Protocol, ...] = ("task", "class")
@@ -38,10 +39,6 @@ ORDER_SEED = 0
 SPLIT_SEED = 0
 TEST_FRACTION = 0.3
 TORCHVISION_SETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
-
-
-class ScenarioError(ContinualMemError):
-    """A scenario that cannot be built: unknown name, bad class order, missing data."""
 
 
 @dataclass

@@ -1,26 +1,19 @@
-"""Metrics and shared plugins: Avalanche's EvaluationPlugin plus what it does not measure.
+"""Metrics: Avalanche's EvaluationPlugin plus what it does not measure.
 
-Formulas, with R[i][j] the test accuracy on experience j after training experience i (T
-experiences, j <= i, accuracies in [0, 1]); all read from Avalanche's EvaluationPlugin:
-  * average accuracy  A = (1/T) * sum_j R[T-1][j]   (mean over experiences, not over samples);
-  * forgetting        F = (1/(T-1)) * sum_{j<T-1} (R[j][j] - R[T-1][j])   (`StreamForgetting`);
-  * backward transfer BWT = (1/(T-1)) * sum_{j<T-1} (R[T-1][j] - R[j][j]) = -F   (`StreamBWT`).
-Also: task-id accuracy (class protocol: share of test samples given to their own task, by the
-memory strategy's routing or, for other learners, by the task of the predicted class), trainable
-parameters per task, bytes stored per task, backbone passes per image to serve every task
-(counted with hooks on the ViTs' patch embeddings), wall time.
+Their definitions are in `metrics.md` beside this module (shipped with the package, quoted in
+docs/results.md by `scenarios.results`): read them with `definitions()`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 
 import torch
 from avalanche.evaluation import PluginMetric
@@ -30,7 +23,7 @@ from avalanche.evaluation.metrics import (
     bwt_metrics,
     forgetting_metrics,
 )
-from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
+from avalanche.training.plugins import EvaluationPlugin
 from timm.layers import PatchEmbed
 from torch import Tensor, nn
 
@@ -90,6 +83,11 @@ class TaskIdAccuracy(PluginMetric[dict[str, float]]):
         return "TaskIdAcc"
 
 
+def definitions() -> str:
+    """The metric definitions (markdown), as docs/results.md quotes them."""
+    return resources.files("scenarios").joinpath("metrics.md").read_text(encoding="utf-8")
+
+
 def make_evaluator(class_task: dict[int, int] | None = None) -> EvaluationPlugin:
     """Accuracy per experience and stream, forgetting, BWT and task-id accuracy; no loggers.
 
@@ -124,47 +122,6 @@ def average_accuracy(matrix: Sequence[Sequence[float]]) -> float:
 
 def task_id_accuracies(metrics: dict[str, float]) -> dict[str, float]:
     return {k[len(TASK_ID_PREFIX) :]: float(v) for k, v in metrics.items() if k.startswith(TASK_ID_PREFIX)}
-
-
-class CosineSchedule(SupervisedPlugin):
-    """The same learning-rate schedule for every strategy: cosine from `lr` to 0 per experience.
-
-    Sets each parameter group's rate before every iteration, so it works whatever optimizer a
-    strategy builds or rebuilds (Avalanche's own, L2P's, the memory strategy's). A group with its
-    own `base_lr` (the memory strategy's token and head groups) decays from that instead.
-    """
-
-    def __init__(self, lr: float) -> None:
-        super().__init__()
-        self.lr = lr
-        self._total = 1
-
-    def before_training_exp(self, strategy, *args, **kwargs) -> None:
-        self._total = max(1, strategy.train_epochs * len(strategy.dataloader))
-
-    def before_training_iteration(self, strategy, *args, **kwargs) -> None:
-        step = min(strategy.clock.train_exp_iterations, self._total)
-        factor = 0.5 * (1.0 + math.cos(math.pi * step / self._total))
-        for group in strategy.optimizer.param_groups:
-            group["lr"] = group.get("base_lr", self.lr) * factor
-
-
-class TrainableCounter(SupervisedPlugin):
-    """Records how many parameters each experience trains (those its optimizer updates)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.per_experience: list[int] = []
-
-    def before_training_exp(self, strategy, *args, **kwargs) -> None:
-        seen: set[int] = set()
-        count = 0
-        for group in strategy.optimizer.param_groups if strategy.optimizer is not None else []:
-            for p in group["params"]:
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    count += p.numel()
-        self.per_experience.append(count)
 
 
 # ----------------------------------------------------------------------------- backbone passes

@@ -8,6 +8,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from continual_mem.units import human_size
+
 from .runner import RunResult
 
 TABLE2_HEADERS = ("Full", "Head only", "Head + Class", "1", "5", "10", "20")
@@ -26,15 +28,6 @@ TABLE2_COLUMNS = tuple(dict.fromkeys((*table2_columns("full"), *table2_columns("
 
 def pct(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{100 * value:.{digits}f}"
-
-
-def human_bytes(n: float) -> str:
-    unit = "B"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            break
-        n /= 1024
-    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
 
 
 def human_count(n: float) -> str:
@@ -60,7 +53,7 @@ def comparison_table(results: Sequence[RunResult]) -> str:
         rows.append(
             f"| {r.strategy} | {pct(m['average_accuracy'])} | {pct(m['forgetting'])} | {pct(m['bwt'])} "
             f"| {pct(m.get('task_id_accuracy'))} | {human_count(m['trainable_params_per_task'])} "
-            f"| {human_bytes(m['stored_bytes_per_task'])} | {m['backbone_passes_to_serve_all']:g} "
+            f"| {human_size(m['stored_bytes_per_task'])} | {m['backbone_passes_to_serve_all']:g} "
             f"| {r.wall_time_s:.0f} s |"
         )
     return head + "\n".join(rows) + "\n"

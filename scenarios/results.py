@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from .baselines import EWC_LAMBDA, LWF_ALPHA, LWF_TEMPERATURE, REPLAY_MEMORY
 from .benchmarks import Protocol, ScenarioError
 from .l2p import POOL_SIZE, PROMPT_LENGTH, TOP_K
-from .metrics import __doc__ as METRICS_DOC
+from .metrics import definitions as metric_definitions
 from .report import (
     TABLE2_COLUMNS,
     TABLE2_HEADERS,
@@ -39,6 +38,7 @@ from .runner import (
     compare_specs,
     run_requests,
 )
+from .strategies.finetuning import EWC_LAMBDA, LWF_ALPHA, LWF_TEMPERATURE, REPLAY_MEMORY
 from .strategy import DEFAULT_ROUTE, DEFAULT_SHRINKAGE
 
 #: Every run of `generate_results`, with what the document needs, kept in the report folder.
@@ -337,7 +337,7 @@ def results_markdown(
         "## Metrics",
         "",
         "```",
-        (METRICS_DOC or "").strip(),
+        metric_definitions().strip(),
         "```",
         "",
         STORED_BYTES_NOTE,

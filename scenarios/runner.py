@@ -16,23 +16,11 @@ from typing import Any, ClassVar
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from continual_mem.adapter import AttentionMode
-
 from . import avalanche_deprecations_dropped
-from .baselines import (
-    FINETUNE_STRATEGIES,
-    NCMModel,
-    NCMStrategy,
-    finetune_model,
-    finetune_strategy,
-    per_task_finetune_strategy,
-)
 from .benchmarks import Protocol, Scenario, ScenarioError
 from .metrics import (
     BWT_KEY,
     FORGETTING_KEY,
-    CosineSchedule,
-    TrainableCounter,
     accuracy_row,
     average_accuracy,
     make_evaluator,
@@ -41,107 +29,13 @@ from .metrics import (
     stored_bytes,
     task_id_accuracies,
 )
-from .strategy import (
-    DEFAULT_ROUTE,
-    HEAD_CLASS,
-    HEAD_ONLY,
-    AdapterVariant,
-    MemoryTokenModel,
-    MemoryTokenStrategy,
-    Route,
-)
+from .plugins import CosineSchedule, TrainableCounter
+from .strategies import QUICK_BUDGET as QUICK_BUDGET  # defined with the registry, importable from here too
+from .strategies import REGISTRY, Budget, BuildRequest, StrategySpec
+from .strategy import DEFAULT_ROUTE, Route
 
-ADAPTER_STRATEGIES = ("memory", "head-only", "head-class")
-STRATEGIES = (*ADAPTER_STRATEGIES, "full-ft", *FINETUNE_STRATEGIES, "l2p", "ncm")
 MEMORY_SIZES = (1, 5, 10, 20)
-#: Strategies that need the task label at test (per-task models) or that only exist without one.
-ONLY_PROTOCOL: dict[str, Protocol] = {"full-ft": "task", "l2p": "class"}
 PROBE_IMAGES = 8
-
-
-@dataclass(frozen=True)
-class StrategySpec:
-    """A strategy name, plus the memory size and attention mode for `memory`."""
-
-    name: str
-    memory: int = 5
-    attention: AttentionMode = "reuse"
-
-    def __post_init__(self) -> None:
-        if self.name not in STRATEGIES:
-            raise ScenarioError(
-                f"unknown strategy {self.name!r} (known: {', '.join(STRATEGIES)}, memory-M, memory-full-M)"
-            )
-        if self.name == "memory" and self.memory < 1:
-            raise ScenarioError(f"memory size must be >= 1, got {self.memory}")
-
-    @classmethod
-    def parse(cls, text: str, memory: int | None = None) -> StrategySpec:
-        """`memory-10`, `memory-full-10` (input tokens attend to the memory too), `memory` or
-        `memory-full` (with `memory` or 5 tokens), or any other strategy name."""
-        name, _, rest = text.partition("-")
-        if name != "memory":
-            return cls(text, memory if memory is not None else 5)
-        attention: AttentionMode = "reuse"
-        if rest == "full" or rest.startswith("full-"):
-            attention, rest = "full", rest[len("full-") :]
-        if not rest:
-            return cls("memory", memory if memory is not None else 5, attention)
-        try:
-            return cls("memory", int(rest), attention)
-        except ValueError:
-            raise ScenarioError(f"bad memory strategy {text!r}; expected memory-M or memory-full-M") from None
-
-    @property
-    def label(self) -> str:
-        return self.variant.label if self.name == "memory" else self.name
-
-    def supports(self, protocol: Protocol) -> bool:
-        return self.only_protocol in (None, protocol)
-
-    @property
-    def only_protocol(self) -> Protocol | None:
-        """The one protocol this strategy runs in, if it does not run in both."""
-        return "task" if self.attention == "full" else ONLY_PROTOCOL.get(self.name)
-
-    @property
-    def variant(self) -> AdapterVariant:
-        if self.name == "memory":
-            return AdapterVariant(self.memory, attention=self.attention)
-        return {"head-only": HEAD_ONLY, "head-class": HEAD_CLASS}[self.name]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Training budget shared by every strategy of a comparison.
-
-    One schedule for all (AdamW, cosine from the base rate to 0 within each experience, same
-    epochs, batch size and seed); the base rate depends on what is trained: task heads and L2P
-    prompts learn from scratch and take a high rate, memory and class tokens a tenth of it (they
-    pass through LayerNorm, see `TaskAdapter.param_groups`), fine-tuning a whole pretrained ViT a
-    low one.
-    NCM is fitted in one pass over the data, without gradients. The defaults fit the full
-    split-digits comparison into 20 minutes on 2 CPU cores; with about 250 training images per
-    experience they give 80 optimizer steps per experience.
-    """
-
-    epochs: int = 5
-    batch_size: int = 16
-    eval_batch_size: int = 256
-    lr_adapter: float = 3e-3
-    lr_head: float = 3e-2
-    lr_prompt: float = 3e-2
-    lr_finetune: float = 1e-4
-    weight_decay: float = 0.0
-    seed: int = 0
-
-    def lr_for(self, spec: StrategySpec) -> float:
-        if spec.name in ADAPTER_STRATEGIES:
-            return self.lr_adapter
-        return self.lr_prompt if spec.name == "l2p" else self.lr_finetune
-
-
-QUICK_BUDGET = Budget(epochs=1)
 
 
 @dataclass
@@ -185,24 +79,7 @@ def build_strategy(
         "evaluator": make_evaluator(scenario.class_tasks() if scenario.protocol == "class" else None),
         "plugins": [TrainableCounter(), CosineSchedule(lr)],
     }
-    if spec.name in ADAPTER_STRATEGIES:
-        model = MemoryTokenModel(backbone, spec.variant, scenario.protocol, route)
-        return MemoryTokenStrategy(
-            model=model, lr=lr, head_lr=budget.lr_head, weight_decay=budget.weight_decay, **common
-        )
-    if spec.name == "full-ft":
-        return per_task_finetune_strategy(backbone, lr, budget.weight_decay, **common)
-    if spec.name in FINETUNE_STRATEGIES:
-        return finetune_strategy(
-            spec.name, finetune_model(backbone, scenario.protocol), lr, budget.weight_decay, **common
-        )
-    if spec.name == "l2p":
-        from .l2p import BackboneL2P
-
-        num_classes = len(scenario.class_names)
-        return BackboneL2P(backbone=backbone, num_classes=num_classes, lr=lr, **common)
-    common.update(train_epochs=1, plugins=[TrainableCounter()])  # one pass, no gradient steps
-    return NCMStrategy(model=NCMModel(backbone, scenario.protocol), **common)
+    return spec.entry.build(BuildRequest(spec, scenario, backbone, budget, lr, route, common))
 
 
 def _probe(scenario: Scenario, device: str) -> tuple[torch.Tensor, Any]:
@@ -282,7 +159,7 @@ def run_strategy(
         "strategy": spec.label,
         "budget": asdict(budget),
         "lr": budget.lr_for(spec),
-        "route": route if scenario.protocol == "class" and spec.name in ADAPTER_STRATEGIES else None,
+        "route": route if scenario.protocol == "class" and spec.entry.routed else None,
         "device": device,
     }
     return RunResult(scenario.name, spec.label, scenario.protocol, matrix, summary, config, wall)
@@ -324,26 +201,10 @@ class RunRequest:
     route: Route = DEFAULT_ROUTE
 
 
-#: Rough run time of each strategy relative to Naive (measured on split-digits), used to start the
-#: longest runs first so that parallel workers finish together.
-RELATIVE_COST = {
-    "cumulative": 3.0,
-    "lwf": 1.9,
-    "replay": 1.7,
-    "ewc": 1.4,
-    "l2p": 1.3,
-    "full-ft": 1.1,
-    "naive": 1.0,
-    "memory-full": 0.9,
-    "memory": 0.5,
-    "head-class": 0.5,
-    "head-only": 0.5,
-    "ncm": 0.1,
-}
-
-
 def _relative_cost(spec: StrategySpec) -> float:
-    return RELATIVE_COST.get("memory-full" if spec.attention == "full" else spec.name, 1.0)
+    """Rough run time relative to Naive (the registry's, measured on split-digits), used to start the
+    longest runs first so that parallel workers finish together."""
+    return spec.entry.cost
 
 
 class _Worker:
@@ -418,7 +279,8 @@ def run_requests(
 def compare_specs(protocol: Protocol, memory_sizes: Sequence[int] = MEMORY_SIZES) -> list[StrategySpec]:
     """Every strategy that runs in `protocol`: memory sizes (reuse, and full attention where the
     task label is given), the paper's columns, the baselines."""
-    specs = [StrategySpec("memory", m) for m in memory_sizes]
-    specs += [StrategySpec("memory", m, "full") for m in memory_sizes]
-    specs += [StrategySpec(name) for name in STRATEGIES if name != "memory"]
+    specs = []
+    for entry in REGISTRY.values():
+        sizes = memory_sizes if entry.sized else (5,)
+        specs += [StrategySpec(entry.name, m, entry.attention) for m in sizes]
     return [s for s in specs if s.supports(protocol)]

@@ -5,8 +5,9 @@ transactions start with ``BEGIN IMMEDIATE`` so concurrent writers queue on the
 database lock (for up to the busy timeout) instead of failing half-way through
 a transaction. Reads use a plain deferred ``BEGIN`` and never block writers.
 
-The schema is owned by alembic (``alembic/`` at the repository root); the helpers
-here are what ``cmem db upgrade`` and ``TaskStore`` call.
+The schema is owned by alembic: ``alembic/`` at the repository root, which an installed
+package carries as ``store/migrations`` (see pyproject.toml); the helpers here are what
+``cmem db upgrade`` and ``TaskStore`` call.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ if TYPE_CHECKING:  # alembic is imported only to migrate or to explain a mismatc
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+
+def _migrations_dir() -> Path:
+    """Where the migrations are: ``store/migrations`` installed (a wheel), ``alembic/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    installed, checkout = here / "migrations", here.parent / "alembic"
+    return installed if (installed / "env.py").is_file() else checkout
+
+
+ALEMBIC_DIR = _migrations_dir()
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Execution option that makes a SQLite transaction start deferred (read-only use).
 READ_ONLY = {"cmem_read_only": True}

@@ -136,3 +136,7 @@ class ScenarioRunInfo:
     accuracy_matrix: list[list[float]]
     wall_time_s: float | None
     created_at: datetime
+
+
+#: A version reference: ``"task"``, ``"task@3"``, ``"task@alias"``, or a ``VersionInfo``.
+VersionRef = str | VersionInfo

@@ -107,10 +107,10 @@ def digit_pngs(directory: Path, classes: list[int]) -> list[Path]:
 
 # ------------------------------------------------------------------------------- happy paths
 def test_backbone_is_stored_as_safetensors_and_rebuilt_exactly(home, weights) -> None:
-    from continual_mem import service
+    from continual_mem import services
 
     with TaskStore(home) as store:
-        vit, identity = service.load_backbone(store, "tiny")
+        vit, identity = services.load_backbone(store, "tiny")
         info = store.get_backbone("tiny")
     original = load_file(str(weights))
     for key, value in vit.state_dict().items():
@@ -181,13 +181,13 @@ def test_predict_answers_every_task_from_one_pass(home, tmp_path) -> None:
 
 
 def test_predict_matches_the_core_exactly(home, tmp_path) -> None:
-    from continual_mem import service
+    from continual_mem import services
 
     images = digit_pngs(tmp_path / "imgs", [1])
     out = json.loads(run(home, "predict", str(images[0]), "--task", "low", "--json", "--top-k", "3").output)
     with TaskStore(home) as store:
-        loaded = service.load_versions(store, ["low"])
-    _, batch = service.load_image_files(images)
+        loaded = services.load_versions(store, ["low"])
+    _, batch = services.load_image_files(images)
     with torch.no_grad():
         probs = loaded.model.forward_reuse(loaded.spec(batch)).logits["low"].softmax(-1)[0]
     best = int(probs.argmax())

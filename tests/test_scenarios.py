@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from conftest import tiny_vit
 
 from continual_mem.adapter import count_task_parameters
+from continual_mem.cli.scenario import scenario_group
 from continual_mem.data import InputSpec
 from scenarios.benchmarks import (
     SYNTHETIC_ORDER,
@@ -29,7 +30,6 @@ from scenarios.benchmarks import (
     split_image_folder,
     split_synthetic,
 )
-from scenarios.cli import scenario_group
 from scenarios.metrics import count_backbone_passes
 from scenarios.runner import (
     Budget,
@@ -78,7 +78,7 @@ def digits_class(spec):
 
 
 def test_cli_module_imports_neither_torch_timm_nor_avalanche() -> None:
-    code = "import sys, scenarios.cli; print(sorted(m for m in ('torch', 'timm', 'avalanche') if m in sys.modules))"
+    code = "import sys, continual_mem.cli.scenario; print(sorted(m for m in ('torch', 'timm', 'avalanche') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import click
 
-from . import App, pass_app
-from .output import echo_table, human_size, metric
+from continual_mem.units import human_size
+
+from .backbone import pretrain_backbone_with_progress, pretrain_config
+from .output import Table, metric
+from .root import App, pass_app
+from .task import train_with_progress
 
 DEMO_BACKBONE = "demo-vit"
 DEMO_TASKS = (
@@ -31,17 +35,15 @@ def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> Non
     """Pretrain a tiny ViT, grow it into 3 tasks, deploy them and answer all of them in one pass."""
     started = time.perf_counter()
     store = app.open_store(create=True)
-    from continual_mem import service
+    from continual_mem import services
     from continual_mem.data import load_source
     from continual_mem.train import TrainConfig
-
-    from .model_commands import _pretrain_config, _train_with_progress, pretrain_backbone_with_progress
 
     _step(f"1. backbone {DEMO_BACKBONE} (store: {store.home})")
     if any(b.name == DEMO_BACKBONE for b in store.list_backbones()):
         click.echo(f"{DEMO_BACKBONE} is already in the store: reused")
     else:
-        config = _pretrain_config(None, {}, None, pretrain_epochs, None, None, 0)
+        config = pretrain_config(None, {}, epochs=pretrain_epochs)
         click.echo(
             f"No model hub here: pretraining {config.model_name} {dict(config.model_kwargs)} on {config.data} "
             "(generated pen-stroke glyphs, disjoint from every task below)"
@@ -57,27 +59,27 @@ def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> Non
             store.get_task(name)
         except NotFoundError:
             store.register_task(name, DEMO_BACKBONE, load_source(source).class_names, description)
-        request = service.TrainRequest(name, source, memory, "reuse", 0.2, False, TrainConfig(epochs=epochs, seed=0))
-        version, metrics = _train_with_progress(store, request, DistContext())
+        request = services.TrainRequest(name, source, memory, "reuse", 0.2, False, TrainConfig(epochs=epochs, seed=0))
+        version, metrics = train_with_progress(store, request, DistContext())
         click.echo(f"{version.ref}: val accuracy {metrics['val_accuracy']:.3f} ({metrics['train_seconds']:.1f} s)")
         store.set_alias(name, "production", version.number, actor="cmem demo")
 
     _step("3. predict every deployed task from ONE backbone pass")
     images = _write_sample_images(store.home / "demo-images")
-    loaded = service.load_versions(store, service.deployed_refs(store, "production"))
-    files, batch = service.load_image_files(images)
-    answers, passes = service.predict(loaded, batch, top_k=1)
+    loaded = services.load_versions(store, services.deployed_refs(store, "production"))
+    files, batch = services.load_image_files(images)
+    answers, passes = services.predict(loaded, batch, top_k=1)
     click.echo(f"{len(loaded.versions)} tasks answered with {passes} backbone pass(es) per batch")
-    echo_table(
+    Table(
         [
             (f.name, *(f"{a[t][0].label} ({a[t][0].probability:.2f})" for t in loaded.versions))
             for f, a in zip(files, answers)
         ],
         ["image", *loaded.versions],
-    )
+    ).echo()
 
     _step("4. what the store says is deployed")
-    echo_table(
+    Table(
         [
             (
                 e.task,
@@ -92,7 +94,7 @@ def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> Non
             for e in store.deployed()
         ],
         ["task", "alias", "version", "mode", "memory", "val acc", "backbone", "size"],
-    )
+    ).echo()
     click.echo(f"\nDone in {time.perf_counter() - started:.0f} s. Try: cmem --home {app.home} task show dots")
 
 

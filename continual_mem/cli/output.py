@@ -1,14 +1,65 @@
-"""Readable tables and JSON for the CLI's data-printing commands."""
+"""The one output path of every command: JSON with `--json`, else text for people (tables, lines).
+
+A command computes its result once and hands it to `emit` with its human form: a `Table`, a line,
+or a function that prints. Records (dataclasses), datetimes and containers become plain JSON.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import click
+
+__all__ = [
+    "Table",
+    "echo_json",
+    "echo_json_line",
+    "echo_table",
+    "emit",
+    "fmt",
+    "json_option",
+    "metric",
+    "to_jsonable",
+]
+
+#: The `--json` flag of every command that prints data; the value reaches the command as `as_json`.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A plain aligned table; `empty` is printed when there is no row."""
+
+    rows: Sequence[Sequence[Any]]
+    headers: Sequence[str]
+    empty: str = "(none)"
+
+    def echo(self) -> None:
+        echo_table(self.rows, self.headers, self.empty)
+
+
+def emit(as_json: bool, value: Any, human: Table | str | Callable[[], None], *, json_lines: bool = False) -> None:
+    """Print a command's result: `value` as JSON with `--json`, else `human` (a table, a line, or a printer).
+
+    `json_lines` prints an iterable `value` as one compact JSON object per line (a stream of answers).
+    """
+    if as_json:
+        if json_lines:
+            for item in value:
+                echo_json_line(item)
+        else:
+            echo_json(value)
+    elif isinstance(human, Table):
+        human.echo()
+    elif isinstance(human, str):
+        click.echo(human)
+    else:
+        human()
 
 
 def to_jsonable(value: Any) -> Any:
@@ -46,12 +97,12 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def echo_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], empty: str = "(none)") -> None:
+def echo_table(rows: Iterable[Sequence[Any]], headers: Sequence[str], empty: str = "(none)") -> None:
     """A plain aligned table; `empty` is printed when there is no row."""
-    if not rows:
+    cells = [[fmt(c) for c in row] for row in rows]
+    if not cells:
         click.echo(empty)
         return
-    cells = [[fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
     click.echo(line.rstrip())
@@ -62,13 +113,3 @@ def echo_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], empty: str
 
 def metric(metrics: dict[str, Any] | None, key: str) -> Any:
     return (metrics or {}).get(key)
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(size)

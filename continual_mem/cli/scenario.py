@@ -1,13 +1,14 @@
 """`cmem scenario ...`: run, compare and list continual-learning scenario runs; regenerate results.
 
-The group expects, in the click context object, a zero-argument `open_store()` returning a
-`store.TaskStore` (runs are then recorded there); without one, runs are not recorded. Importing
-this module imports neither torch, timm nor Avalanche: every command imports what it needs.
+The commands drive the `scenarios` package (Avalanche). The group expects, in the click context
+object, a zero-argument `open_store()` returning a `store.TaskStore` (runs are then recorded
+there); without one, runs are not recorded. Importing this module imports neither torch, timm nor
+Avalanche: every command imports what it needs; the strategies' names and help come from the
+registry (`scenarios.strategies`), which imports none of them either.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -15,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from scenarios.strategies import help_table, help_text
+
+from .output import emit, json_option
 
 PROTOCOL_CHOICES = ("task", "class")
 BACKBONES = ("demo", "random")
@@ -111,7 +116,7 @@ def _parse_ints(text: str | None, what: str) -> list[int] | None:
 def _budget(epochs: int | None, seed: int, quick: bool) -> Any:
     from dataclasses import replace
 
-    from .runner import QUICK_BUDGET, Budget
+    from scenarios.runner import QUICK_BUDGET, Budget
 
     budget = replace(QUICK_BUDGET if quick else Budget(), seed=seed)
     return replace(budget, epochs=epochs) if epochs is not None else budget
@@ -176,14 +181,14 @@ def _scenario_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _scenario_key(name: str, protocol: str, class_order: str | None, limit: int | None, download: bool) -> Any:
-    from .runner import ScenarioKey
+    from scenarios.runner import ScenarioKey
 
     order = _parse_ints(class_order, "--class-order")
     return ScenarioKey(name, protocol, tuple(order) if order else None, limit, download)
 
 
 def _summary_line(result: Any, run_id: int | None) -> str:
-    from .report import pct
+    from scenarios.report import pct
 
     m = result.metrics
     task_id = f", task-id {pct(m['task_id_accuracy'])}%" if m.get("task_id_accuracy") is not None else ""
@@ -200,14 +205,14 @@ def scenario_group() -> None:
     """Continual-learning scenarios (Avalanche): the memory-token strategy against baselines."""
 
 
-@scenario_group.command("run")
+@scenario_group.command("run", epilog=help_table())
 @click.argument("name")
 @click.option(
     "--strategy",
     "-s",
     "strategy_name",
     required=True,
-    help="memory[-M], head-only, head-class, full-ft, naive, ewc, lwf, replay, cumulative, l2p, ncm.",
+    help=help_text(),
 )
 @click.option("--protocol", type=click.Choice(PROTOCOL_CHOICES), default="task", show_default=True)
 @click.option("--memory", "-m", type=int, default=None, help="Memory tokens per layer (strategy memory; default 5).")
@@ -216,7 +221,7 @@ def scenario_group() -> None:
 @click.option(
     "--report-dir", type=click.Path(path_type=Path), default=None, help="Also write a report (markdown + plots) here."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+@json_option
 @_scenario_options
 @click.pass_context
 def run_command(
@@ -243,7 +248,7 @@ def run_command(
     torchvision:SET[:ROOT] (MNIST, FashionMNIST, CIFAR10, CIFAR100 already on disk).
     """
     with _clean_errors():
-        from .runner import StrategySpec, run_strategy
+        from scenarios.runner import StrategySpec, run_strategy
 
         spec = StrategySpec.parse(strategy_name, memory)
         store = _open_store(ctx)
@@ -253,18 +258,19 @@ def run_command(
         result.config["backbone"] = backbone
         run_id = _record(store, result)
         if report_dir is not None:
-            from .report import write_report
+            from scenarios.report import write_report
 
             write_report([result], report_dir, f"{name}: {spec.label}")
-    if as_json:
-        click.echo(json.dumps({"id": run_id, **result.to_dict()}, indent=1))
-        return
-    click.echo(_summary_line(result, run_id))
-    for i, row in enumerate(result.accuracy_matrix):
-        click.echo(f"  after experience {i}: " + " ".join(f"{100 * a:5.1f}" for a in row))
+
+    def show() -> None:
+        click.echo(_summary_line(result, run_id))
+        for i, row in enumerate(result.accuracy_matrix):
+            click.echo(f"  after experience {i}: " + " ".join(f"{100 * a:5.1f}" for a in row))
+
+    emit(as_json, {"id": run_id, **result.to_dict()}, show)
 
 
-@scenario_group.command("compare")
+@scenario_group.command("compare", epilog=help_table())
 @click.argument("name")
 @click.option("--protocol", type=click.Choice((*PROTOCOL_CHOICES, "both")), default="both", show_default=True)
 @click.option("--quick", is_flag=True, help=f"CI size: 1 epoch, {QUICK_LIMIT_PER_CLASS} training images per class.")
@@ -278,7 +284,7 @@ def run_command(
     default=None,
     help="Where the report goes (default: reports/<name>-<time>).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print every run as JSON.")
+@json_option
 @JOBS_OPTION
 @_scenario_options
 @click.pass_context
@@ -310,8 +316,8 @@ def compare_command(
     with _clean_errors():
         import torch
 
-        from .report import comparison_table, write_report
-        from .runner import RunRequest, StrategySpec, compare_specs, run_requests
+        from scenarios.report import comparison_table, write_report
+        from scenarios.runner import RunRequest, StrategySpec, compare_specs, run_requests
 
         protocols = PROTOCOL_CHOICES if protocol == "both" else (protocol,)
         sizes = _parse_ints(memory_sizes, "--memory-sizes") or []
@@ -346,20 +352,21 @@ def compare_command(
         report = write_report(
             results, folder, f"{name} ({'quick' if quick else 'full'} comparison, backbone {backbone})"
         )
-    if as_json:
-        runs = [{"id": ids[id(r)], **r.to_dict()} for r in results]
-        click.echo(json.dumps({"report": str(report), "runs": runs}, indent=1))
-        return
-    for proto in protocols:
-        click.echo(f"\n{name}, {proto}-incremental\n")
-        click.echo(comparison_table([r for r in results if r.protocol == proto]))
-    click.echo(f"report: {report}")
+
+    def show() -> None:
+        for proto in protocols:
+            click.echo(f"\n{name}, {proto}-incremental\n")
+            click.echo(comparison_table([r for r in results if r.protocol == proto]))
+        click.echo(f"report: {report}")
+
+    runs = [{"id": ids[id(r)], **r.to_dict()} for r in results]
+    emit(as_json, {"report": str(report), "runs": runs}, show)
 
 
 @scenario_group.command("runs")
 @click.option("--scenario", default=None, help="Only runs of this scenario.")
 @click.option("--strategy", default=None, help="Only runs of this strategy.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def runs_command(ctx: click.Context, scenario: str | None, strategy: str | None, as_json: bool) -> None:
     """The scenario runs kept in the task store, oldest first."""
@@ -368,36 +375,22 @@ def runs_command(ctx: click.Context, scenario: str | None, strategy: str | None,
         runs = store.list_scenario_runs(scenario=scenario, strategy=strategy)
     except _store_errors() as exc:
         raise click.ClickException(f"cannot read the task store: {exc}") from None
-    if as_json:
-        click.echo(json.dumps([_run_dict(r) for r in runs], indent=1, default=str))
-        return
-    if not runs:
-        click.echo("no scenario runs")
-        return
-    click.echo(
-        f"{'id':>4}  {'scenario':<14} {'protocol':<8} {'strategy':<12} {'avg acc':>8} {'forget':>7} {'wall':>7}  created"
-    )
-    for r in runs:
-        m = r.metrics
+
+    def show() -> None:
+        if not runs:
+            click.echo("no scenario runs")
+            return
         click.echo(
-            f"{r.id:>4}  {r.scenario:<14} {r.protocol:<8} {r.strategy:<12} {100 * m.get('average_accuracy', 0):7.1f}% "
-            f"{100 * m.get('forgetting', 0):6.1f}% {r.wall_time_s or 0:6.0f}s  {r.created_at:%Y-%m-%d %H:%M}"
+            f"{'id':>4}  {'scenario':<14} {'protocol':<8} {'strategy':<12} {'avg acc':>8} {'forget':>7} {'wall':>7}  created"
         )
+        for r in runs:
+            m = r.metrics
+            click.echo(
+                f"{r.id:>4}  {r.scenario:<14} {r.protocol:<8} {r.strategy:<12} {100 * m.get('average_accuracy', 0):7.1f}% "
+                f"{100 * m.get('forgetting', 0):6.1f}% {r.wall_time_s or 0:6.0f}s  {r.created_at:%Y-%m-%d %H:%M}"
+            )
 
-
-def _run_dict(run: Any) -> dict[str, Any]:
-    fields = (
-        "id",
-        "scenario",
-        "strategy",
-        "protocol",
-        "config",
-        "metrics",
-        "accuracy_matrix",
-        "wall_time_s",
-        "created_at",
-    )
-    return {f: getattr(run, f) for f in fields}
+    emit(as_json, runs, show)
 
 
 @scenario_group.command("results")
@@ -442,7 +435,7 @@ def results_command(
     on 2 cores, measured), records the runs, writes per-scenario reports and the document.
     """
     with _clean_errors():
-        from .results import generate_results, render_results
+        from scenarios.results import generate_results, render_results
 
         if render_only:
             document = render_results(report_dir)
@@ -467,3 +460,6 @@ def results_command(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(document)
     click.echo(f"wrote {out} (plots and JSON in {report_dir})")
+
+
+COMMANDS = [scenario_group]

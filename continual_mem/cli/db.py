@@ -1,0 +1,73 @@
+"""The store itself: `cmem init`, `cmem db upgrade|current` (its schema) and `cmem gc` (orphan files)."""
+
+from __future__ import annotations
+
+import click
+
+from .root import App, pass_app
+
+
+def safe_url(url: str) -> str:
+    """A database URL as it may be shown: without its password."""
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@click.command()
+@pass_app
+def init(app: App) -> None:
+    """Create the store (or bring an older one's schema up to date)."""
+    from store.db import head_revision
+
+    store = app.open_store(create=True)
+    click.echo(f"Store ready at {store.home} (database {safe_url(store.db_url)}, schema {head_revision()})")
+
+
+@click.group()
+def db() -> None:
+    """The store's database schema (alembic migrations)."""
+
+
+@db.command("upgrade")
+@pass_app
+def db_upgrade(app: App) -> None:
+    """Migrate the database to the schema this code needs."""
+    from store import db as store_db
+
+    url = app.db_url or f"sqlite:///{app.home.resolve() / 'store.db'}"
+    if app.db_url is None:
+        app.home.mkdir(parents=True, exist_ok=True)
+    before = store_db.current_revision(url)
+    store_db.upgrade(url)
+    after = store_db.current_revision(url)
+    click.echo(f"{safe_url(url)}: {before or 'empty'} -> {after}")
+
+
+@db.command("current")
+@pass_app
+def db_current(app: App) -> None:
+    """Show the database's schema revision and the one this code needs."""
+    from store import db as store_db
+
+    url = app.db_url or f"sqlite:///{app.home.resolve() / 'store.db'}"
+    if app.db_url is None and not app.default_db.is_file():
+        raise click.ClickException(f"no store in {app.home} (run `cmem init`)")
+    current, head = store_db.current_revision(url), store_db.head_revision()
+    state = "up to date" if current == head else "run `cmem db upgrade`"
+    click.echo(f"database {current or 'empty'}; code {head} ({state})")
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@pass_app
+def gc(app: App, dry_run: bool) -> None:
+    """Remove artifact files no entry refers to (left by crashed runs)."""
+    removed = app.open_store().gc(dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(removed)} orphan file(s)")
+    for path in removed:
+        click.echo(f"  {path}")
+
+
+COMMANDS = [init, db, gc]
