@@ -8,6 +8,7 @@ few of scikit-learn's digits, one epoch per experience.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -224,3 +225,20 @@ def test_checkpoint_resumes_in_a_new_process_as_if_never_interrupted(tmp_path) -
         assert len(_experience_accuracies(resumed[protocol]["metrics"])) == 5
         assert interrupted[protocol]["adapters"] != uninterrupted["adapters"]
     assert resumed["task"]["metrics"][FORGETTING] == 0.0
+
+
+# ------------------------------------------------------------------- the README's script
+def test_readme_avalanche_script_runs_as_printed() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Use it from your own Avalanche script\n", 1)[1]
+    script = section.split("```python\n", 1)[1].split("```", 1)[0]
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # a tiny model: threads only cost on a busy machine
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    assert re.fullmatch(r"accuracy per experience \[(0\.\d+, ){4}0\.\d+\]", out[-2])
+    assert out[-1] == "forgetting 0.0"
