@@ -45,6 +45,9 @@ class AdapterConfig:
     `extends` lists tasks (by name, in the order they were added) whose class tokens and memories
     this task's class token may also attend to in reuse mode: the paper's "model extension".
     Empty means the task is independent of every other task (concatenation).
+
+    `class_ids`, when set, is the label each head output stands for in a benchmark whose class ids
+    are not 0..C-1 per task (Avalanche's global class ids); empty means output j is label j.
     """
 
     num_classes: int
@@ -52,6 +55,7 @@ class AdapterConfig:
     mode: AttentionMode = "reuse"
     class_names: tuple[str, ...] = ()
     extends: tuple[str, ...] = ()
+    class_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -64,6 +68,12 @@ class AdapterConfig:
             raise ValueError(f"{len(self.class_names)} class names given for {self.num_classes} classes")
         if self.extends and self.mode != "reuse":
             raise ValueError("model extension (extends) only exists in reuse mode")
+        if self.class_ids and (
+            len(self.class_ids) != self.num_classes
+            or len(set(self.class_ids)) != self.num_classes
+            or min(self.class_ids) < 0
+        ):
+            raise ValueError(f"class_ids must be {self.num_classes} distinct ids >= 0, got {list(self.class_ids)}")
 
 
 def count_task_parameters(depth: int, num_memory: int, dim: int, num_classes: int) -> int:
@@ -120,13 +130,20 @@ class TaskAdapter(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
 
     def metadata(self) -> dict[str, str]:
-        """The string metadata written next to the tensors."""
+        """The string metadata written next to the tensors.
+
+        `class_ids` is written only when set, so an adapter without them keeps the bytes (and the
+        content address) it had before that field existed.
+        """
+        config = asdict(self.config)
+        if not config["class_ids"]:
+            del config["class_ids"]
         meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "depth": str(self.depth),
             "dim": str(self.dim),
-            "config": json.dumps(asdict(self.config)),
+            "config": json.dumps(config),
         }
         if self.backbone is not None:
             meta["backbone_name"] = self.backbone.name
@@ -230,6 +247,7 @@ def _adapter_from_metadata(path: Path, meta: dict[str, str]) -> TaskAdapter:
         raw = json.loads(meta["config"])
         raw["class_names"] = tuple(raw.get("class_names", ()))
         raw["extends"] = tuple(raw.get("extends", ()))
+        raw["class_ids"] = tuple(int(c) for c in raw.get("class_ids", ()))
         config = AdapterConfig(**raw)
         depth, dim = int(meta["depth"]), int(meta["dim"])
     except (KeyError, TypeError, ValueError) as exc:

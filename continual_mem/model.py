@@ -141,11 +141,13 @@ class MemoryViT(nn.Module):
         mode: AttentionMode = "reuse",
         class_names: Sequence[str] = (),
         extension: bool = False,
+        class_ids: Sequence[int] = (),
     ) -> TaskAdapter:
         """Create a new task: memory ~ N(0, 0.02), class token copied from the backbone's, new head.
 
         With `extension=True` (reuse mode only) the task's class token may also attend to the
-        class tokens and memories of every reuse task already in the model.
+        class tokens and memories of every reuse task already in the model. `class_ids`: the
+        benchmark label of each head output, when those are not 0..C-1 (`AdapterConfig.class_ids`).
         """
         extends = tuple(n for n in self.tasks if self.tasks[n].mode == "reuse") if extension else ()
         config = AdapterConfig(
@@ -154,6 +156,7 @@ class MemoryViT(nn.Module):
             mode=mode,
             class_names=tuple(class_names) or default_class_names(num_classes),
             extends=extends,
+            class_ids=tuple(int(c) for c in class_ids),
         )
         adapter = TaskAdapter(config, depth=self.depth, dim=self.dim, backbone=self.identity)
         with torch.no_grad():

@@ -33,12 +33,23 @@ BWT_KEY = "StreamBWT/eval_phase/test_stream"
 TASK_ID_PREFIX = "TaskIdAcc/eval_phase/test_stream/"
 
 
+def tasks_of_classes(class_task: Tensor, classes: Tensor) -> Tensor:
+    """`class_task[classes]` (class id -> task index), with -1 for ids past the end of the table."""
+    table = class_task.to(classes.device)
+    tasks = torch.full_like(classes, -1)
+    known = classes < len(table)
+    tasks[known] = table[classes[known]]
+    return tasks
+
+
 class TaskIdAccuracy(PluginMetric[dict[str, float]]):
     """Class protocol: share of evaluated samples whose task was inferred right.
 
     The memory model sets `model.last_routes` ({method: (B,) task index}) on each evaluation pass
     and `model.task_of_class`: every routing method is scored. For any other model, the task of
     its predicted class (`argmax`) is scored, given `class_task` (class id -> task index).
+    A sample of a class no learned task holds (whole-stream evaluation) counts as wrong: no route
+    can give it its own task.
     """
 
     def __init__(self, class_task: dict[int, int] | None = None) -> None:
@@ -66,13 +77,12 @@ class TaskIdAccuracy(PluginMetric[dict[str, float]]):
         if routes:
             truth = strategy.model.task_of_class(strategy.mb_y)
         elif self._class_task is not None:
-            lookup = self._class_task.to(strategy.mb_y.device)
-            truth = lookup[strategy.mb_y]
-            routes = {"argmax": lookup[strategy.mb_output.argmax(dim=1).clamp(max=len(lookup) - 1)]}
+            truth = tasks_of_classes(self._class_task, strategy.mb_y)
+            routes = {"argmax": tasks_of_classes(self._class_task, strategy.mb_output.argmax(dim=1))}
         else:
             return
         for method, predicted in routes.items():
-            self._correct[method] += int((predicted == truth).sum())
+            self._correct[method] += int(((predicted == truth) & (truth >= 0)).sum())
         self._total += int(truth.shape[0])
 
     def after_eval(self, strategy) -> list[MetricValue]:

@@ -11,7 +11,13 @@
 * `MemoryTokenPlugin` feeds the task router with the backbone features the training passes
   already computed, and freezes the task when its experience ends.
 * `MemoryTokenStrategy` (a `TrainableOnlyTemplate`) rebuilds the optimizer over the trainable
-  parameters only, i.e. the current task's adapter.
+  parameters only, i.e. the current task's adapter (AdamW, or `optimizer=` a factory of those
+  parameter groups); checkpoints (`avalanche.checkpointing`) leave the optimizer out.
+
+Outputs are in the benchmark's label space, whatever class ids it uses (0..C-1 per experience, or
+Avalanche's default global ids). Evaluating experiences not trained yet (the whole test stream,
+Avalanche's periodic evaluation before the first experience) answers them at chance and changes
+nothing later training sees.
 
 Class-incremental task inference (`TaskRouter`) uses the same pass: the frozen backbone's pooled
 features against per-class statistics (nearest class mean, or linear discriminant with a shared,
@@ -21,6 +27,7 @@ frozen backbone, so learning a task never changes another task's routing statist
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,8 +40,10 @@ from torch import Tensor, nn
 
 from continual_mem.adapter import AttentionMode
 from continual_mem.model import MemoryViT
+from continual_mem.train import TrainConfig
 
 from .benchmarks import Protocol
+from .metrics import tasks_of_classes
 
 Route = Literal["lda", "nmc", "energy", "max-softmax"]
 ROUTES: tuple[Route, ...] = ("lda", "nmc", "energy", "max-softmax")
@@ -107,6 +116,14 @@ class TaskRouter(nn.Module):
         self.second_moment += f.T @ f
         self._lda = None
 
+    def has_statistics(self) -> bool:
+        """Whether any class has been observed: routing needs at least one."""
+        return bool((self.class_counts > 0).any())
+
+    def task_of(self, classes: Tensor) -> Tensor:
+        """The task index (B,) of each (global) class id; -1 for a class of no registered task."""
+        return tasks_of_classes(self.class_task, classes)
+
     def _means(self) -> tuple[Tensor, Tensor]:
         """Known class ids (K,) and their mean features (K, D), in float64."""
         known = (self.class_counts > 0).nonzero(as_tuple=True)[0]
@@ -160,8 +177,20 @@ def oas_shrinkage(cov: Tensor, n: float) -> float:
     return 1.0 if float(den) == 0.0 else min(float((alpha + mu * mu) / den), 1.0)
 
 
+#: One head's answer within a batch: the rows it answers (B,) bool, the benchmark class id of each
+#: of its columns, its logits (rows, C).
+Answer = tuple[Tensor, list[int], Tensor]
+
+
 class MemoryTokenModel(MultiTaskModule):
-    """Avalanche model: a frozen ViT that grows one memory-token task per experience."""
+    """Avalanche model: a frozen ViT that grows one memory-token task per experience.
+
+    Outputs are in the benchmark's label space: a task's head output j is the logit of its j-th
+    class id (`classes_of`), whatever ids the benchmark uses (0..C-1 per experience, or Avalanche's
+    global ids); every other column is -inf. In the task protocol, a task label not trained yet
+    (an experience evaluated before it is learned) answers at chance: equal logits over the classes
+    Avalanche's evaluation adaptation names for it, and no adapter is created for it.
+    """
 
     def __init__(
         self,
@@ -182,38 +211,51 @@ class MemoryTokenModel(MultiTaskModule):
         self.route = route
         self.router = TaskRouter(self.vit.dim, shrinkage) if protocol == "class" else None
         self.task_names: list[str] = []
-        self.task_classes: list[list[int]] = []
         self.task_of_label: dict[int, int] = {}
+        #: Task protocol: class ids of task labels met in evaluation before they were trained.
+        self.untrained_classes: dict[int, list[int]] = {}
         self.last_features: Tensor | None = None
         self.last_routes: dict[Route, Tensor] = {}
 
     # ------------------------------------------------------------------------------- adaptation
     def adaptation(self, experience) -> None:
-        """Before training an experience: freeze every task, add the experience's own task."""
+        """Before training an experience: freeze every task, add the experience's own task.
+
+        Before evaluating one: only note the classes of a task label not trained yet.
+        """
         super().adaptation(experience)
+        classes = sorted(int(c) for c in experience.classes_in_this_experience)
+        labels = [int(t) for t in experience.task_labels]
         if not self.training:
+            if self.protocol == "task":
+                self.untrained_classes.update({t: classes for t in labels if t not in self.task_of_label})
             return
         name = task_name(experience.current_experience)
         if name in self.vit.tasks:
             return
         self.freeze_tasks()
-        classes = sorted(int(c) for c in experience.classes_in_this_experience)
-        self.add_task(name, classes, [int(t) for t in experience.task_labels])
+        self.add_task(name, classes, labels)
 
     def add_task(self, name: str, classes: list[int], task_labels: list[int]) -> int:
         """A new trainable task adapter for `classes` (benchmark class ids); returns its index."""
+        taken = sorted({t for t in task_labels if t in self.task_of_label}) if self.protocol == "task" else []
+        if taken:
+            raise ValueError(
+                f"task label(s) {taken} already belong to a trained task: the task protocol needs a new task "
+                "label per experience (e.g. nc_benchmark(..., task_labels=True))"
+            )
         adapter = self.vit.add_task(
             name,
             len(classes),
             num_memory=self.variant.num_memory,
             mode=self.variant.attention,
             class_names=[str(c) for c in classes],
+            class_ids=classes,
         )
         adapter.cls_token.requires_grad_(self.variant.train_class_token)
         adapter.memory.requires_grad_(self.variant.num_memory > 0)
         index = len(self.task_names)
         self.task_names.append(name)
-        self.task_classes.append(classes)
         if self.protocol == "task":
             self.task_of_label.update({t: index for t in task_labels})
         else:
@@ -224,34 +266,52 @@ class MemoryTokenModel(MultiTaskModule):
         for adapter in self.vit.tasks.values():
             adapter.requires_grad_(False)
 
+    def classes_of(self, task: int) -> list[int]:
+        """The benchmark class id of each of task `task`'s head outputs (kept in its adapter)."""
+        config = self.vit.adapter(self.task_names[task]).config
+        return list(config.class_ids) or list(range(config.num_classes))
+
+    @property
+    def task_classes(self) -> list[list[int]]:
+        return [self.classes_of(t) for t in range(len(self.task_names))]
+
     # ------------------------------------------------------------------------------- forward
     def forward(self, x: Tensor, task_labels: Tensor | int | None = None) -> Tensor | dict[int, Tensor]:
         if task_labels is None:
             return self.forward_all_tasks(x)
         if self.training:
             return self._forward_train(x, task_labels)
-        return self._forward_eval(x, task_labels)
+        if self.protocol == "task":
+            return self._forward_given(x, torch.as_tensor(task_labels, device=x.device).expand(x.shape[0]))
+        return self._forward_routed(x)
 
     @property
     def full_attention(self) -> bool:
         return self.variant.attention == "full"
 
     def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
-        """Logits of one task (task protocol: by task label), its task token alone in the pass."""
-        name = self.task_names[self.task_of_label[int(task_label)]]
+        """Head logits of one task (task protocol: by task label), its task token alone in the pass."""
+        return self._task_logits(x, self.task_of_label[int(task_label)])
+
+    def forward_all_tasks(self, x: Tensor) -> dict[int, Tensor]:
+        """Every task's head logits, keyed by task index: ONE backbone pass (reuse), one per task (full)."""
+        if self.full_attention:
+            return {i: self.vit.forward_full(x, name) for i, name in enumerate(self.task_names)}
+        return dict(enumerate(self._reuse_logits(x)))
+
+    def _task_logits(self, x: Tensor, task: int) -> Tensor:
+        name = self.task_names[task]
         if self.full_attention:
             return self.vit.forward_full(x, name)
         out = self.vit.forward_reuse(x, [name])
         self.last_features = out.features
         return out.logits[name]
 
-    def forward_all_tasks(self, x: Tensor) -> dict[int, Tensor]:
-        """Every task's logits, keyed by task index: ONE backbone pass (reuse), one per task (full)."""
-        if self.full_attention:
-            return {i: self.vit.forward_full(x, name) for i, name in enumerate(self.task_names)}
+    def _reuse_logits(self, x: Tensor) -> list[Tensor]:
+        """Every task's head logits from one reuse pass (which also keeps the backbone features)."""
         out = self.vit.forward_reuse(x, self.task_names)
         self.last_features = out.features
-        return {i: out.logits[name] for i, name in enumerate(self.task_names)}
+        return [out.logits[name] for name in self.task_names]
 
     def _forward_train(self, x: Tensor, task_labels: Tensor | int) -> Tensor:
         """The task being learned, the newest one."""
@@ -260,52 +320,67 @@ class MemoryTokenModel(MultiTaskModule):
             labels = torch.as_tensor(task_labels).unique().tolist()
             if [self.task_of_label.get(int(t)) for t in labels] != [current]:
                 raise ValueError(f"training batch holds task labels {labels}; only the newest task trains")
-            return self.forward_single_task(x, labels[0])
-        name = self.task_names[current]
-        out = self.vit.forward_reuse(x, [name])
-        self.last_features = out.features
-        chosen = torch.full((x.shape[0],), current, dtype=torch.long, device=x.device)
-        return self._place({current: out.logits[name]}, chosen)
+        every_row = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        return self._in_label_space(x, [(every_row, self.classes_of(current), self._task_logits(x, current))])
 
-    def _forward_eval(self, x: Tensor, task_labels: Tensor | int) -> Tensor:
-        """One pass for all tasks; each sample gets the logits of its given or inferred task."""
+    def _forward_given(self, x: Tensor, labels: Tensor) -> Tensor:
+        """Task protocol: each sample gets its own task's logits; an untrained task answers at chance."""
+        chosen = torch.tensor([self.task_of_label.get(t, -1) for t in labels.tolist()], device=x.device)
+        answers = self._trained_answers(x, chosen)
+        for label in labels[chosen < 0].unique().tolist():
+            if label not in self.untrained_classes:
+                raise ValueError(
+                    f"task label {label} is neither trained nor met in an evaluation: its classes are unknown"
+                )
+            rows = labels == label
+            classes = self.untrained_classes[label]
+            answers.append((rows, classes, x.new_zeros(int(rows.sum()), len(classes))))
+        return self._in_label_space(x, answers, self.max_class_label)
+
+    def _trained_answers(self, x: Tensor, chosen: Tensor) -> list[Answer]:
+        """Task protocol: the answers of the trained tasks (`chosen` >= 0), one pass for all (reuse)."""
+        present = [t for t in chosen.unique().tolist() if t >= 0]
+        if not present:
+            return []
         if self.full_attention:
-            return self.vit.forward_full(x, [self.task_names[t] for t in self._given_tasks(task_labels, x.shape[0])])
-        out = self.vit.forward_reuse(x, self.task_names)
-        self.last_features = out.features
-        logits = [out.logits[name] for name in self.task_names]
-        if self.protocol == "task":
-            chosen = torch.tensor(self._given_tasks(task_labels, x.shape[0]), device=x.device)
-            width = max(z.shape[1] for z in logits)
-            result = logits[0].new_full((x.shape[0], width), float("-inf"))
-            for t in chosen.unique().tolist():
-                rows = chosen == t
-                result[rows, : logits[t].shape[1]] = logits[t][rows]
-            return result
-        self.last_routes = self.router.routes(out.features, logits)
-        chosen = self.last_routes[self.route]
-        return self._place(dict(enumerate(logits)), chosen)
+            trained = chosen >= 0
+            mixed = self.vit.forward_full(x[trained], [self.task_names[t] for t in chosen[trained].tolist()])
+            own = chosen[trained]
+            return [(chosen == t, self.classes_of(t), mixed[own == t, : len(self.classes_of(t))]) for t in present]
+        logits = self._reuse_logits(x)
+        return [(chosen == t, self.classes_of(t), logits[t][chosen == t]) for t in present]
 
-    def _given_tasks(self, task_labels: Tensor | int, batch: int) -> list[int]:
-        """Task protocol: each sample's task index, from its task label."""
-        return [self.task_of_label[int(t)] for t in torch.as_tensor(task_labels).expand(batch).tolist()]
+    def _forward_routed(self, x: Tensor) -> Tensor:
+        """Class protocol: one pass for all tasks; each sample gets its inferred task's logits.
 
-    def _place(self, logits: dict[int, Tensor], chosen: Tensor) -> Tensor:
-        """Class protocol: each sample's chosen-task logits in that task's global class columns.
-
-        Every other column is -inf, so argmax and softmax are those of the chosen task's head.
+        Before any task is learned, every class gets the same logit (chance).
         """
-        ref = next(iter(logits.values()))
-        result = ref.new_full((chosen.shape[0], self.max_class_label), float("-inf"))
-        for t in chosen.unique().tolist():
-            rows = (chosen == t).nonzero(as_tuple=True)[0]
-            columns = torch.tensor(self.task_classes[t], device=ref.device)
-            result[rows[:, None], columns[None, :]] = logits[t][rows]
-        return result
+        if not self.router.has_statistics():
+            self.last_routes = {}
+            return x.new_zeros(x.shape[0], self.max_class_label)
+        logits = self._reuse_logits(x)
+        self.last_routes = self.router.routes(self.last_features, logits)
+        chosen = self.last_routes[self.route]
+        answers = [(chosen == t, self.classes_of(t), logits[t][chosen == t]) for t in chosen.unique().tolist()]
+        return self._in_label_space(x, answers, self.max_class_label)
+
+    @staticmethod
+    def _in_label_space(x: Tensor, answers: list[Answer], width: int = 0) -> Tensor:
+        """(B, width or more) outputs: each answer's logits in its class columns, -inf everywhere else.
+
+        So argmax and softmax of a row are those of the head that answered it.
+        """
+        width = max([width] + [max(classes) + 1 for _, classes, _ in answers])
+        like = answers[0][2] if answers else x
+        out = like.new_full((x.shape[0], width), float("-inf"))
+        for rows, classes, logits in answers:
+            index = rows.nonzero(as_tuple=True)[0]
+            out[index[:, None], torch.tensor(classes, device=out.device)[None, :]] = logits
+        return out
 
     def task_of_class(self, classes: Tensor) -> Tensor:
-        """Class protocol: the task index (B,) owning each global class id."""
-        return self.router.class_task.to(classes.device)[classes]
+        """Class protocol: the task index (B,) owning each class id; -1 for a class of no trained task."""
+        return self.router.task_of(classes)
 
 
 class MemoryTokenPlugin(SupervisedPlugin):
@@ -325,39 +400,89 @@ class MemoryTokenPlugin(SupervisedPlugin):
         strategy.model.freeze_tasks()
 
 
-class TrainableOnlyTemplate(SupervisedTemplate):
-    """SupervisedTemplate whose optimizer is a fresh AdamW over the trainable parameters only.
+#: Builds the optimizer of one experience from the parameter groups of what it trains.
+OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]
+#: The rates `cmem task train` uses: memory and class token at `lr`, the head at `head_lr`.
+DEFAULT_RATES = TrainConfig()
 
-    Avalanche calls `make_optimizer` once before the first experience's adaptation too, when
-    nothing may be trainable yet: no optimizer is built then.
+
+def _checked_factory(optimizer: object, strategy: str) -> OptimizerFactory | None:
+    """`optimizer` if it is None or a factory; a clear TypeError for anything else (an instance)."""
+    if optimizer is None or (callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer)):
+        return optimizer  # type: ignore[return-value]
+    raise TypeError(
+        f"{strategy} builds a new optimizer at every experience, over the parameters that experience trains "
+        "(they do not exist before it), so it takes no optimizer instance: pass optimizer=<a function of the "
+        "parameter groups>, e.g. optimizer=lambda groups: torch.optim.SGD(groups, momentum=0.9), or leave it "
+        f"out for AdamW; got {type(optimizer).__name__}"
+    )
+
+
+class TrainableOnlyTemplate(SupervisedTemplate):
+    """SupervisedTemplate that builds a new optimizer over the trainable parameters only, every experience.
+
+    `optimizer`: left out, AdamW at `lr` with `weight_decay`; or a factory that takes the parameter
+    groups (`param_groups()`) and returns the optimizer, e.g.
+    `lambda groups: torch.optim.SGD(groups, lr=0.01, momentum=0.9)`. Avalanche calls
+    `make_optimizer` once before the first experience's adaptation too, when nothing may be
+    trainable yet: no optimizer is built then.
+
+    Copies and pickles, Avalanche's `save_checkpoint` among them, leave the optimizer out: the next
+    experience builds its own, and dill cannot pickle torch's optimizers.
     """
 
-    def __init__(self, *, lr: float, weight_decay: float = 0.0, **kwargs) -> None:
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: OptimizerFactory | None = None,
+        lr: float,
+        weight_decay: float = 0.0,
+        **kwargs,
+    ) -> None:
         self.lr = lr
         self.weight_decay = weight_decay
-        super().__init__(optimizer=None, **kwargs)
+        self.optimizer_factory = _checked_factory(optimizer, type(self).__name__)
+        super().__init__(model=model, optimizer=None, **kwargs)
 
     def make_optimizer(self, **kwargs) -> None:
         groups = self.param_groups()
         if groups:
-            self.optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+            self.optimizer = (self.optimizer_factory or self.adamw)(groups)
+
+    def adamw(self, groups: list[dict]) -> torch.optim.Optimizer:
+        """The default optimizer (a method, not a `partial` of the class: dill pickles that by value)."""
+        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
 
     def param_groups(self) -> list[dict]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         return [{"params": params}] if params else []
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "optimizer": None}
+
 
 class MemoryTokenStrategy(TrainableOnlyTemplate):
     """The memory-token strategy: each experience trains its own new task adapter, nothing else.
 
-    Memory and class token learn at `lr`, the head at `head_lr` (`TaskAdapter.param_groups`).
+    Memory and class token learn at `lr`, the head at `head_lr` (`TaskAdapter.param_groups`); an
+    `optimizer` factory gets those two groups, each with its rate.
     """
 
     def __init__(
-        self, *, model: MemoryTokenModel, head_lr: float, plugins: list[SupervisedPlugin] | None = None, **kwargs
+        self,
+        *,
+        model: MemoryTokenModel,
+        optimizer: OptimizerFactory | None = None,
+        lr: float = DEFAULT_RATES.lr,
+        head_lr: float = DEFAULT_RATES.head_lr,
+        plugins: list[SupervisedPlugin] | None = None,
+        **kwargs,
     ) -> None:
         self.head_lr = head_lr
-        super().__init__(model=model, plugins=[MemoryTokenPlugin(), *(plugins or [])], **kwargs)
+        super().__init__(
+            model=model, optimizer=optimizer, lr=lr, plugins=[MemoryTokenPlugin(), *(plugins or [])], **kwargs
+        )
 
     def param_groups(self) -> list[dict]:
         model: MemoryTokenModel = self.model

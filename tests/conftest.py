@@ -40,3 +40,14 @@ def tiny_vit(name: str = "vit_tiny_patch16_224", seed: int = 0, num_classes: int
 @pytest.fixture
 def vit():
     return tiny_vit()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared machine they lose a lot."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

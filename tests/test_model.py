@@ -307,6 +307,24 @@ def test_loading_onto_another_backbone_is_refused(tmp_path) -> None:
         deeper.load_task("a", path)
 
 
+def test_class_ids_are_saved_and_files_without_them_still_load(tmp_path) -> None:
+    """A head's benchmark class ids (issue 13) travel in the file; a file written before they
+    existed (no `class_ids` in its config) loads as before, and such files are still written so."""
+    import json
+
+    from safetensors import safe_open
+
+    model = model_with_tasks(plain=(3, 2))
+    model.add_task("global", 2, num_memory=2, class_ids=[4, 1])
+    assert TaskAdapter.load(model.save_task("global", tmp_path / "g.safetensors")).config.class_ids == (4, 1)
+    plain = model.save_task("plain", tmp_path / "p.safetensors")
+    with safe_open(str(plain), framework="pt") as f:
+        assert "class_ids" not in json.loads(f.metadata()["config"])
+    assert TaskAdapter.load(plain).config.class_ids == ()
+    with pytest.raises(ValueError, match=r"class_ids must be 2 distinct ids >= 0, got \[3, 3\]"):
+        model.add_task("bad", 2, class_ids=[3, 3])
+
+
 def test_truncated_tampered_and_misshapen_files_are_refused(tmp_path) -> None:
     import json
 
