@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ContinualMemError
+from .images import batch_at_side
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SYNTHETIC_SIZE = 32
@@ -387,6 +388,10 @@ class InputSpec:
         height = backbone.patch_embed.img_size[0]  # the built size, which kwargs may have changed
         chans = int(backbone.patch_embed.proj.in_channels)
         return cls(int(height), chans, tuple(cfg["mean"])[:chans], tuple(cfg["std"])[:chans])
+
+    def batch(self, images: Sequence[Tensor]) -> Tensor:
+        """Images (3, H, W) in [0, 1] of any sizes, each resized on its own, as one model input."""
+        return self(batch_at_side(images, self.img_size))
 
     def __call__(self, images: Tensor) -> Tensor:
         """(N, C, H, W) in [0, 1] -> resized, channel-matched, normalised model input."""

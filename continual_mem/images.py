@@ -32,6 +32,14 @@ class ImageError(ContinualMemError):
     """An image that cannot be answered; the message names it and says why."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image over the pixel limit (refused from its header, before decoding)."""
+
+
+class UnsupportedImageError(ImageError):
+    """A real image in a form the model does not take as it is: animated, CMYK, 16-bit, float."""
+
+
 def decode_image(source: bytes | Path, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Tensor:
     """Decode one still image into (3, H, W) float32 in [0, 1]; grayscale and alpha become RGB.
 
@@ -41,7 +49,7 @@ def decode_image(source: bytes | Path, name: str | None = None, max_pixels: int 
 
     label = name or (str(source) if isinstance(source, Path) else "image")
     if isinstance(source, bytes) and not source:
-        raise ImageError(f"{label} is empty")
+        raise ImageError(f"cannot read image {label}: it is empty")
     try:
         stream = io.BytesIO(source) if isinstance(source, bytes) else source
         with warnings.catch_warnings():
@@ -53,13 +61,13 @@ def decode_image(source: bytes | Path, name: str | None = None, max_pixels: int 
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{label} is too large to decode ({exc})") from None
+        raise ImageTooLargeError(f"{label} is too large to decode ({exc})") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{label} is not an image PIL can read") from None
+        raise ImageError(f"cannot read image {label}: not an image format PIL knows") from None
     except FileNotFoundError:
-        raise ImageError(f"image {label} does not exist") from None
+        raise ImageError(f"cannot read image {label}: it does not exist") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{label} is truncated or corrupt ({' '.join(str(exc).split())})") from None
+        raise ImageError(f"cannot read image {label}: truncated or corrupt ({' '.join(str(exc).split())})") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -68,16 +76,18 @@ def _check_header(img: object, label: str, max_pixels: int) -> None:
     if width < 1 or height < 1:
         raise ImageError(f"{label} has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"{label} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
             f"{max_pixels / 1e6:.1f} (resize it first)"
         )
     frames = int(getattr(img, "n_frames", 1))
     if frames > 1:
-        raise ImageError(f"{label} is animated ({frames} frames); send one still frame")
+        raise UnsupportedImageError(f"{label} is animated ({frames} frames); send one still frame")
     mode = img.mode  # type: ignore[attr-defined]
     if mode not in SUPPORTED_MODES:
-        raise ImageError(f"{label} has pixel mode {mode} ({_mode_words(mode)}); convert it to 8-bit RGB or grayscale")
+        raise UnsupportedImageError(
+            f"{label} has pixel mode {mode} ({_mode_words(mode)}); convert it to 8-bit RGB or grayscale"
+        )
 
 
 def _mode_words(mode: str) -> str:

@@ -12,6 +12,7 @@ from store.base import StoreBase, alias_target_join
 from store.errors import InvalidNameError, InvalidStateError, NotFoundError
 from store.mapping import decode_json_batch
 from store.names import Ref, check_alias, check_name, parse_ref
+from store.notify import announce_alias_move
 from store.records import AliasInfo, AliasMove, DeployedEntry
 from store.validation import check_alias_target, check_int, check_text
 
@@ -36,6 +37,7 @@ class AliasesMixin(StoreBase):
                 moved_at=now,
             )
         )
+        announce_alias_move(s, task.name, alias)
         if to is None:
             if row is not None:
                 s.delete(row)

@@ -20,6 +20,7 @@ from store.artifacts import artifact_key, open_artifact_store, suffix_of
 from store.backbones import BackbonesMixin
 from store.db import ensure_schema, make_engine
 from store.exchange import ExchangeMixin
+from store.notify import AliasListener, listen_for_alias_moves
 from store.records import ScenarioRunInfo, VersionRef
 from store.scenario_runs import ScenarioRunStore
 from store.tasks import TasksMixin
@@ -59,6 +60,10 @@ class TaskStore(BackbonesMixin, TasksMixin, ExchangeMixin, AliasesMixin):
             artifact_root if artifact_root is not None else self.home / "artifacts",
             cache_dir=self.home / "cache",
         )
+
+    def alias_listener(self) -> AliasListener | None:
+        """A listener told of every alias move as it commits (PostgreSQL), or None: then poll."""
+        return listen_for_alias_moves(self._engine)
 
     def close(self) -> None:
         """Close the database connections (the store must not be used afterwards)."""

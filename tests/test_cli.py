@@ -189,7 +189,7 @@ def test_predict_matches_the_core_exactly(home, tmp_path) -> None:
         loaded = services.load_versions(store, ["low"])
     _, batch = services.load_image_files(images)
     with torch.no_grad():
-        probs = loaded.model.forward_reuse(loaded.spec(batch)).logits["low"].softmax(-1)[0]
+        probs = loaded.model.forward_reuse(loaded.spec.batch(batch)).logits["low"].softmax(-1)[0]
     best = int(probs.argmax())
     assert out["predictions"]["low"]["top"][0]["label"] == ["0", "1", "2"][best]
     assert out["predictions"]["low"]["top"][0]["probability"] == pytest.approx(float(probs[best]), abs=1e-6)

@@ -1,4 +1,4 @@
-"""Serving: deployed versions loaded once onto one backbone, and every task answered per batch."""
+"""Inference: deployed versions loaded once onto one backbone, and every task answered per batch."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from store import TaskStore, VersionInfo
 
 from ..data import InputSpec
 from ..errors import ContinualMemError
+from ..images import MAX_PIXELS, decode_image
 from ..model import MemoryViT
 from .backbones import load_backbone
 
@@ -57,17 +58,20 @@ class Prediction:
 
 @torch.no_grad()
 def predict(
-    loaded: LoadedTasks, images: torch.Tensor, top_k: int = 3, batch_size: int = 64
+    loaded: LoadedTasks, images: Sequence[torch.Tensor], top_k: int = 3, batch_size: int = 64
 ) -> tuple[list[dict[str, list[Prediction]]], int]:
-    """Top-k labels per image and task; reuse tasks share one backbone pass per batch.
+    """Top-k labels per image (3, H, W) and task; reuse tasks share one backbone pass per batch.
 
-    Returns the answers and the number of backbone passes per batch.
+    Each image is resized on its own to the backbone's input (as the server does). Returns the
+    answers and the number of backbone passes per batch.
     """
+    if batch_size < 1:
+        raise ContinualMemError(f"--batch-size must be at least 1, got {batch_size}")
     model = loaded.model.eval()
     answers: list[dict[str, list[Prediction]]] = []
     passes = 0
-    for start in range(0, images.shape[0], batch_size):
-        out = model.forward_tasks(loaded.spec(images[start : start + batch_size]))
+    for start in range(0, len(images), batch_size):
+        out = model.forward_tasks(loaded.spec.batch(images[start : start + batch_size]))
         passes = out.backbone_passes
         per_task = {}
         for task, logits in out.logits.items():
@@ -83,9 +87,9 @@ def predict(
     return answers, passes
 
 
-def load_image_files(paths: Sequence[Path]) -> tuple[list[Path], torch.Tensor]:
-    """Image files (directories are searched) as one (N, 3, S, S) batch in [0, 1]."""
-    from ..data import IMAGE_SUFFIXES, DataError, read_rgb, stack_square
+def load_image_files(paths: Sequence[Path], max_pixels: int = MAX_PIXELS) -> tuple[list[Path], list[torch.Tensor]]:
+    """Image files (directories are searched), each decoded and checked on its own (see `images`)."""
+    from ..data import IMAGE_SUFFIXES, DataError
 
     files: list[Path] = []
     for p in paths:
@@ -98,10 +102,4 @@ def load_image_files(paths: Sequence[Path]) -> tuple[list[Path], torch.Tensor]:
             files.append(p)
         else:
             raise DataError(f"image {p} does not exist")
-    images = []
-    for f in files:
-        image = read_rgb(f)
-        if image is None:
-            raise DataError(f"cannot read image {f}")
-        images.append(image)
-    return files, stack_square(images)
+    return files, [decode_image(f, str(f), max_pixels) for f in files]
