@@ -14,6 +14,8 @@ import json
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -495,3 +497,28 @@ def test_serve_refuses_a_port_in_use(home) -> None:
         result.exit_code == 1
         and result.output.strip() == f"Error: cannot listen on 127.0.0.1:{port}: address already in use"
     )
+
+
+def test_the_serving_benchmark_runs_and_reports_every_figure(tmp_path) -> None:
+    """benchmarks/serve.py end to end on a tiny model and short phases (its figures are in the README)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "serve.py"
+    tiny = ["--model", "vit_tiny_patch16_224", "--arg", "img_size=16", "--arg", "patch_size=8", "--arg", "depth=1"]
+    quick = ["--seconds", "0.5", "--moves", "2", "--poll-s", "0.2", "--repeats", "3", "--json"]
+    done = subprocess.run([sys.executable, str(script), *tiny, *quick], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    for key in (
+        "images_per_s_T1",
+        "images_per_s_T32",
+        "throughput_T32_over_T1",
+        "reuse_over_full_T8",
+        "p50_ms_c1",
+        "p50_ms_c16",
+        "p99_ms_c16",
+        "p99_c16_over_batch_time",
+        "http_overhead_c1",
+        "deploy_to_serve_p99_s",
+    ):
+        assert result[key] > 0, key
+    assert (result["non_2xx_during_moves"], result["version_went_back"], result["bad_requests_5xx"]) == (0, 0, 0)
+    assert result["bad_requests"] >= 25 and result["good_after_bad"] == 200 and result["server_exit_code"] == 0

@@ -124,13 +124,16 @@ class SnapshotLoader:
         tasks: dict[str, ServedTask] = {}
         failures: dict[str, Failure] = {}
         now = datetime.now(UTC)
+        backbones: dict[str, LoadedBackbone] = {}
         for entry in entries:
             old = previous.tasks.get(entry.task)
             if old is not None and old.key == (entry.task, entry.version, entry.artifact_sha256):
                 tasks[entry.task] = old
                 continue
             try:
-                tasks[entry.task] = self._served(entry, now)
+                if entry.backbone not in backbones:
+                    backbones[entry.backbone] = self.backbone(entry.backbone)
+                tasks[entry.task] = self._served(entry, backbones[entry.backbone], now)
             except (ContinualMemError, StoreError, OSError) as exc:
                 earlier = previous.failures.get(entry.task)
                 same = earlier is not None and earlier.wanted_version == entry.version and earlier.error == str(exc)
@@ -146,8 +149,7 @@ class SnapshotLoader:
             MappingProxyType(wanted_keys(entries)),
         )
 
-    def _served(self, entry: DeployedEntry, now: datetime) -> ServedTask:
-        backbone = self.backbone(entry.backbone)
+    def _served(self, entry: DeployedEntry, backbone: LoadedBackbone, now: datetime) -> ServedTask:
         key = (entry.task, entry.version, entry.artifact_sha256)
         adapter = self._adapter(key, backbone)
         return ServedTask(
