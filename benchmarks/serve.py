@@ -37,7 +37,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the bad requests of test_serve.py
-from continual_mem import service
+from continual_mem import services
 from continual_mem.images import decode_image
 from continual_mem.model import MemoryViT
 from continual_mem.serve.process import ServeProcess
@@ -72,8 +72,8 @@ def build_store(home: Path, model_name: str, model_kwargs: dict) -> None:
     """Backbone `bench`; tasks r0..r31 (reuse) and f0..f7 (full), version 1 deployed; r0 has a version 2."""
     classes = [str(c) for c in range(CLASSES)]
     with TaskStore(home) as store:
-        service.add_backbone(store, "bench", model_name, model_kwargs=model_kwargs, random_init=True)
-        vit, identity = service.load_backbone(store, "bench")
+        services.add_backbone(store, "bench", model_name, model_kwargs=model_kwargs, random_init=True)
+        vit, identity = services.load_backbone(store, "bench")
         model = MemoryViT(vit, identity)
         tasks = [(f"r{i}", "reuse") for i in range(REUSE_TASKS)] + [(f"f{i}", "full") for i in range(FULL_TASKS)]
         for seed, (name, mode) in enumerate(tasks):
@@ -189,7 +189,7 @@ def http_overhead(url: str, home: Path, image: bytes, device: str, repeats: int)
     In process: decode + resize + normalise + `forward_tasks` + softmax and top-k of the 8 tasks.
     """
     with TaskStore(home) as store:
-        loaded = service.load_versions(store, T8)
+        loaded = services.load_versions(store, T8)
     model = loaded.model.to(device).eval()
 
     def in_process() -> None:
