@@ -406,6 +406,7 @@ def test_demo_runs_the_whole_job(tmp_path) -> None:
     """The README's main job, shortened: pretrain, 3 tasks, deploy, one-pass predict, deployed."""
     out = run(tmp_path, "demo", "--epochs", "1", "--pretrain-epochs", "1").output
     assert "3 tasks answered with 1 backbone pass(es) per batch" in out
+    assert f"Serve every deployed task over HTTP: cmem --home {tmp_path} serve" in out
     with TaskStore(tmp_path) as store:
         deployed = store.deployed("production")
         backbone = store.get_backbone("demo-vit")

@@ -48,22 +48,34 @@ LOW, HIGH = "builtin:digits?classes=0,1,2", "builtin:digits?classes=7,8,9"
 TOLERANCE = 1e-5
 
 
-def cmem(home: Path, *args: str, db_url: str | None = None) -> str:
-    db = ["--db", db_url] if db_url else []
-    result = CliRunner().invoke(cli, ["--home", str(home), *db, *args], catch_exceptions=False)
+def cmem(home: Path, *args: str, db_url: str | None = None, artifacts: str | None = None) -> str:
+    store = ["--db", db_url] if db_url else []
+    store += ["--artifacts", artifacts] if artifacts else []
+    result = CliRunner().invoke(cli, ["--home", str(home), *store, *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
 
 
-def build_store(home: Path, db_url: str | None = None) -> None:
+def build_store(home: Path, db_url: str | None = None, artifacts: str | None = None) -> None:
     """Backbone `tiny`; tasks low (versions 1, 2), high, lowf (full mode); version 1 of each deployed."""
-    cmem(home, "init", db_url=db_url)
-    cmem(home, "backbone", "add", "tiny", "--model", "vit_tiny_patch16_224", "--random-init", *TINY, db_url=db_url)
+    cmem(home, "init", db_url=db_url, artifacts=artifacts)
+    cmem(
+        home,
+        "backbone",
+        "add",
+        "tiny",
+        "--model",
+        "vit_tiny_patch16_224",
+        "--random-init",
+        *TINY,
+        db_url=db_url,
+        artifacts=artifacts,
+    )
     for name, data, mode in (("low", LOW, "reuse"), ("high", HIGH, "reuse"), ("lowf", LOW, "full")):
-        cmem(home, "task", "register", name, "--backbone", "tiny", "--data", data, db_url=db_url)
-        cmem(home, "task", "train", name, "--data", data, "--mode", mode, *TRAIN, db_url=db_url)
-        cmem(home, "deploy", f"{name}@1", db_url=db_url)
-    cmem(home, "task", "train", "low", "--data", LOW, *TRAIN, "--seed", "1", db_url=db_url)
+        cmem(home, "task", "register", name, "--backbone", "tiny", "--data", data, db_url=db_url, artifacts=artifacts)
+        cmem(home, "task", "train", name, "--data", data, "--mode", mode, *TRAIN, db_url=db_url, artifacts=artifacts)
+        cmem(home, "deploy", f"{name}@1", db_url=db_url, artifacts=artifacts)
+    cmem(home, "task", "train", "low", "--data", LOW, *TRAIN, "--seed", "1", db_url=db_url, artifacts=artifacts)
 
 
 def digit_images(folder: Path) -> list[Path]:
@@ -424,23 +436,26 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(home, images) -> None
 
 @pytest.mark.postgres
 def test_two_replicas_on_postgresql_both_switch_on_one_deploy(tmp_path, images) -> None:
+    """Stateless replicas: each its own --home, one PostgreSQL database and one artifact root."""
+    artifacts = str(tmp_path / "artifacts")
     with pg_schema_url() as url:
-        build_store(tmp_path, db_url=url)
+        build_store(tmp_path / "admin", db_url=url, artifacts=artifacts)
         # A 60 s poll: only PostgreSQL's NOTIFY can bring the move within the deadline below.
+        replica = {"db_url": url, "artifacts": artifacts}
         with (
-            ServeProcess(tmp_path, "--poll-s", "60", db_url=url) as one,
-            ServeProcess(tmp_path, "--poll-s", "60", db_url=url) as two,
+            ServeProcess(tmp_path / "r1", "--poll-s", "60", **replica) as one,
+            ServeProcess(tmp_path / "r2", "--poll-s", "60", **replica) as two,
         ):
-            with TaskStore(tmp_path, db_url=url) as store:
+            with TaskStore(tmp_path / "admin", db_url=url, artifact_root=artifacts) as store:
                 store.set_alias("low", "production", 2)
             moved = time.monotonic()
-            for replica in (one, two):
+            for server in (one, two):
                 seen = []
                 while not seen or seen[-1] != 2:
-                    seen.append(post_image(replica.url, images[0], tasks="low").json()["predictions"]["low"]["version"])
-                    assert time.monotonic() - moved < 10, f"{replica.url} still answers {seen[-1]}"
+                    seen.append(post_image(server.url, images[0], tasks="low").json()["predictions"]["low"]["version"])
+                    assert time.monotonic() - moved < 10, f"{server.url} still answers {seen[-1]}"
                 for _ in range(5):  # never goes back once it answered the new version
-                    assert post_image(replica.url, images[0], tasks="low").json()["predictions"]["low"]["version"] == 2
+                    assert post_image(server.url, images[0], tasks="low").json()["predictions"]["low"]["version"] == 2
             assert "listening for alias moves" in one.log()
         assert (one.returncode, two.returncode) == (0, 0)
 
@@ -522,3 +537,24 @@ def test_the_serving_benchmark_runs_and_reports_every_figure(tmp_path) -> None:
         assert result[key] > 0, key
     assert (result["non_2xx_during_moves"], result["version_went_back"], result["bad_requests_5xx"]) == (0, 0, 0)
     assert result["bad_requests"] >= 25 and result["good_after_bad"] == 200 and result["server_exit_code"] == 0
+
+
+def test_the_engine_detaches_versions_beyond_its_capacity_and_answers_the_same(home, images) -> None:
+    """In process: an Engine holding one version at a time still answers every version exactly."""
+    import torch
+
+    from continual_mem.images import decode_image
+    from continual_mem.serve.engine import Engine, Job
+    from continual_mem.serve.snapshot import SnapshotLoader, empty_snapshot
+
+    with TaskStore(home) as store:
+        loader = SnapshotLoader(store, torch.device("cpu"))
+        snapshot = loader.build(store.deployed("production"), empty_snapshot("production"), 1)
+        low2 = loader.pinned("low", 2, snapshot)
+    image = (decode_image(images[0]),)
+    jobs = [Job(image, (snapshot.tasks["low"],), 3), Job(image, (low2,), 3), Job(image, (snapshot.tasks["high"],), 3)]
+    roomy, tight = Engine(torch.device("cpu")), Engine(torch.device("cpu"), capacity=1)
+    for job in jobs + jobs:
+        want = roomy.run([job])[0][0].per_image
+        assert tight.run([job])[0][0].per_image == want
+        assert len(tight._models[id(snapshot.tasks["low"].backbone)].tasks) == 1

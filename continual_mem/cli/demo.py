@@ -96,6 +96,10 @@ def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> Non
         ["task", "alias", "version", "mode", "memory", "val acc", "backbone", "size"],
     ).echo()
     click.echo(f"\nDone in {time.perf_counter() - started:.0f} s. Try: cmem --home {app.home} task show dots")
+    click.echo(
+        f"Serve every deployed task over HTTP: cmem --home {app.home} serve  (then: curl -F "
+        f"image=@{files[0]} http://127.0.0.1:8000/v1/predict)"
+    )
 
 
 def _write_sample_images(directory: Path) -> list[Path]:

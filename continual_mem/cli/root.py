@@ -59,6 +59,7 @@ class App:
 
     home: Path
     db_url: str | None
+    artifact_root: str | None = None
     _store: TaskStore | None = field(default=None, repr=False)
 
     @property
@@ -73,7 +74,7 @@ class App:
             raise click.ClickException(f"no store in {self.home} (run `cmem init`, or set --home / CMEM_HOME)")
         from store import TaskStore
 
-        self._store = TaskStore(self.home, db_url=self.db_url, upgrade=create)
+        self._store = TaskStore(self.home, db_url=self.db_url, artifact_root=self.artifact_root, upgrade=create)
         return self._store
 
     def close(self) -> None:
@@ -101,15 +102,23 @@ pass_app = click.make_pass_decorator(App)
     default=None,
     help="SQLAlchemy database URL instead of <home>/store.db. Env: CMEM_DB_URL.",
 )
+@click.option(
+    "--artifacts",
+    "artifact_root",
+    envvar="CMEM_ARTIFACTS",
+    default=None,
+    help="Artifact root: a directory or an fsspec URL, shared by every replica (default <home>/artifacts). "
+    "Env: CMEM_ARTIFACTS.",
+)
 @click.version_option(package_name="continual-mem")
 @click.pass_context
-def cli(ctx: click.Context, home: Path, db_url: str | None) -> None:
+def cli(ctx: click.Context, home: Path, db_url: str | None, artifact_root: str | None) -> None:
     """Grow one frozen vision transformer into many tasks with learnable memory tokens.
 
     Start with `cmem demo`, or: cmem init; cmem backbone pretrain NAME; cmem task register ...;
     cmem task train ...; cmem deploy ...; cmem predict ...
     """
-    app = App(home=home, db_url=db_url)
+    app = App(home=home, db_url=db_url, artifact_root=artifact_root)
     ctx.obj = app
     ctx.call_on_close(app.close)
 

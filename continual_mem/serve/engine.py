@@ -55,12 +55,23 @@ class BatchStats:
 
 
 @dataclass
-class _Group:
-    """The jobs of a batch that ask for tasks of one backbone, and their image rows."""
+class _Batch:
+    """One batch as it runs: its jobs and, per job, the probabilities found so far and the passes."""
 
-    backbone: LoadedBackbone
-    jobs: list[int] = field(default_factory=list)
-    rows: dict[int, tuple[int, int]] = field(default_factory=dict)
+    jobs: Sequence[Job]
+    stats: BatchStats
+    probs: list[dict[str, Tensor]]
+    passes: list[int]
+
+
+@dataclass
+class _Group:
+    """The jobs of a batch that ask for tasks of one backbone: their images as one input, by rows."""
+
+    model: MemoryViT
+    inputs: Tensor
+    rows: dict[int, range]  # job -> its rows of `inputs`
+    tasks: dict[int, list[ServedTask]]  # job -> its tasks on this backbone
 
 
 class Engine:
@@ -78,79 +89,69 @@ class Engine:
     def run(self, jobs: Sequence[Job]) -> tuple[list[JobAnswer], BatchStats]:
         start = time.perf_counter()
         stats = BatchStats(images=sum(len(j.images) for j in jobs), requests=len(jobs))
-        probs: list[dict[str, Tensor]] = [{} for _ in jobs]
-        passes = [0] * len(jobs)
-        for group in self._groups(jobs):
-            self._run_group(group, jobs, probs, passes, stats)
-        answers = [self._answer(job, p, n) for job, p, n in zip(jobs, probs, passes)]
+        batch = _Batch(jobs, stats, [{} for _ in jobs], [0] * len(jobs))
+        for backbone in {id(t.backbone): t.backbone for job in jobs for t in job.tasks}.values():
+            group = self._group(batch, backbone)
+            self._run_reuse(batch, group)
+            self._run_full(batch, group)
+        answers = [self._answer(job, p, n) for job, p, n in zip(jobs, batch.probs, batch.passes)]
+        self._trim()
         stats.seconds = time.perf_counter() - start
         return answers, stats
 
     # ------------------------------------------------------------------------------ one backbone
-    def _groups(self, jobs: Sequence[Job]) -> list[_Group]:
-        groups: dict[int, _Group] = {}
-        for j, job in enumerate(jobs):
-            for backbone in {id(t.backbone): t.backbone for t in job.tasks}.values():
-                groups.setdefault(id(backbone), _Group(backbone)).jobs.append(j)
-        return list(groups.values())
-
-    def _run_group(
-        self, group: _Group, jobs: Sequence[Job], probs: list[dict[str, Tensor]], passes: list[int], stats: BatchStats
-    ) -> None:
-        model = self._model(group.backbone)
+    def _group(self, batch: _Batch, backbone: LoadedBackbone) -> _Group:
+        tasks = {j: [t for t in job.tasks if t.backbone is backbone] for j, job in enumerate(batch.jobs)}
+        rows: dict[int, range] = {}
         images: list[Tensor] = []
-        for j in group.jobs:
-            group.rows[j] = (len(images), len(images) + len(jobs[j].images))
-            images.extend(jobs[j].images)
-        x = group.backbone.spec.batch(images).to(self.device)
-        own = [[t for t in jobs[j].tasks if t.backbone is group.backbone] for j in range(len(jobs))]
-        self._run_reuse(model, group, x, own, probs, passes, stats)
-        self._run_full(model, group, x, own, probs, passes, stats)
+        for j, own in tasks.items():
+            if own:
+                rows[j] = range(len(images), len(images) + len(batch.jobs[j].images))
+                images.extend(batch.jobs[j].images)
+        inputs = backbone.spec.batch(images).to(self.device)
+        return _Group(self._model(backbone), inputs, rows, {j: own for j, own in tasks.items() if own})
 
-    def _run_reuse(self, model, group, x, own, probs, passes, stats) -> None:  # type: ignore[no-untyped-def]
-        wanted = [j for j in group.jobs if any(t.mode == "reuse" for t in own[j])]
+    def _run_reuse(self, batch: _Batch, group: _Group) -> None:
+        """ONE reuse pass over the images of every job asking for a reuse task, for the union of them."""
+        wanted = [j for j, own in group.tasks.items() if any(t.mode == "reuse" for t in own)]
         if not wanted:
             return
-        union = {t.key: t for j in wanted for t in own[j] if t.mode == "reuse"}
-        slots = {key: self._attach(model, group.backbone, task) for key, task in union.items()}
-        index = torch.cat([torch.arange(*group.rows[j]) for j in wanted]).to(self.device)
-        rows = x if len(index) == x.shape[0] else x[index]
-        logits = model.forward_reuse(rows, list(slots.values()), backbone_outputs=False).logits
-        stats.tasks_per_reuse_pass.append(len(union))
+        union = {t.key: t for j in wanted for t in group.tasks[j] if t.mode == "reuse"}
+        slots = {key: self._attach(group.model, task) for key, task in union.items()}
+        index = [i for j in wanted for i in group.rows[j]]
+        inputs = group.inputs if len(index) == group.inputs.shape[0] else group.inputs[torch.tensor(index)]
+        logits = group.model.forward_reuse(inputs, list(slots.values()), backbone_outputs=False).logits
+        batch.stats.tasks_per_reuse_pass.append(len(union))
         offset = 0
         for j in wanted:
-            n = group.rows[j][1] - group.rows[j][0]
-            for t in own[j]:
+            n = len(group.rows[j])
+            for t in group.tasks[j]:
                 if t.mode == "reuse":
-                    probs[j][t.task] = logits[slots[t.key]][offset : offset + n].float().softmax(-1)
+                    batch.probs[j][t.task] = logits[slots[t.key]][offset : offset + n].float().softmax(-1)
             offset += n
-            passes[j] += 1
+            batch.passes[j] += 1
 
-    def _run_full(self, model, group, x, own, probs, passes, stats) -> None:  # type: ignore[no-untyped-def]
+    def _run_full(self, batch: _Batch, group: _Group) -> None:
         """Every (image, full task) pair as one row of mixed-task `forward_full` batches."""
-        pairs = [(j, t) for j in group.jobs for t in own[j] if t.mode == "full"]
+        pairs = [(j, t) for j, own in group.tasks.items() for t in own if t.mode == "full"]
         if not pairs:
             return
-        slots = {t.key: self._attach(model, group.backbone, t) for _, t in pairs}
-        row_index: list[int] = []
-        row_slot: list[str] = []
-        for j, t in pairs:
-            first, last = group.rows[j]
-            row_index.extend(range(first, last))
-            row_slot.extend([slots[t.key]] * (last - first))
+        slots = {t.key: self._attach(group.model, t) for _, t in pairs}
+        row_index = [i for j, _ in pairs for i in group.rows[j]]
+        row_slot = [slots[t.key] for j, t in pairs for _ in group.rows[j]]
         outputs = []
         for start in range(0, len(row_index), self.max_rows):
-            chunk = torch.tensor(row_index[start : start + self.max_rows], device=self.device)
-            outputs.append(model.forward_full(x[chunk], row_slot[start : start + self.max_rows]))
+            chunk = torch.tensor(row_index[start : start + self.max_rows])
+            outputs.append(group.model.forward_full(group.inputs[chunk], row_slot[start : start + self.max_rows]))
         width = max(o.shape[1] for o in outputs)
         logits = torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1]), value=float("-inf")) for o in outputs])
         offset = 0
         for j, t in pairs:
-            n = group.rows[j][1] - group.rows[j][0]
-            probs[j][t.task] = logits[offset : offset + n, : len(t.class_names)].float().softmax(-1)
+            n = len(group.rows[j])
+            batch.probs[j][t.task] = logits[offset : offset + n, : len(t.class_names)].float().softmax(-1)
             offset += n
-            passes[j] += 1
-        stats.full_task_runs += len(pairs)
+            batch.passes[j] += 1
+        batch.stats.full_task_runs += len(pairs)
 
     # ------------------------------------------------------------------------------ adapters
     def _model(self, backbone: LoadedBackbone) -> MemoryViT:
@@ -160,9 +161,9 @@ class Engine:
             self._models[id(backbone)] = model
         return model
 
-    def _attach(self, model: MemoryViT, backbone: LoadedBackbone, task: ServedTask) -> str:
+    def _attach(self, model: MemoryViT, task: ServedTask) -> str:
         """The model's slot name for this exact version, attaching it on first use (LRU-bounded)."""
-        key = (id(backbone), task.key)
+        key = (id(model), task.key)
         slot = self._slots.get(key)
         if slot is not None:
             self._slots.move_to_end(key)
@@ -171,10 +172,14 @@ class Engine:
         self._next_slot += 1
         model.attach(slot, task.adapter)
         self._slots[key] = slot
-        while len(self._slots) > self.capacity:
-            (old_backbone, _), old_slot = self._slots.popitem(last=False)
-            self._models[old_backbone].remove_task(old_slot)
         return slot
+
+    def _trim(self) -> None:
+        """After a batch: detach the least recently used versions beyond `capacity`."""
+        owners = {id(m): m for m in self._models.values()}
+        while len(self._slots) > self.capacity:
+            (owner, _), old_slot = self._slots.popitem(last=False)
+            owners[owner].remove_task(old_slot)
 
     # ------------------------------------------------------------------------------ answers
     @staticmethod

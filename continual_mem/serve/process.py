@@ -20,7 +20,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServeProcess:
-    """Starts `cmem --home HOME [--db URL] serve --port P ARGS...`; `with` waits until it is ready.
+    """Starts `cmem --home HOME [--db URL] [--artifacts ROOT] serve --port P ARGS...`; `with` waits until ready.
 
     Its stderr (the server log) goes to `log_path`, read back with `log()`. Leaving the `with`
     block sends SIGTERM and waits for the exit code (`returncode`).
@@ -31,14 +31,16 @@ class ServeProcess:
         home: Path,
         *args: str,
         db_url: str | None = None,
+        artifacts: str | None = None,
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         ready_timeout_s: float = 120.0,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        db = ["--db", db_url] if db_url else []
-        self.command = [sys.executable, "-m", "continual_mem.cli", "--home", str(home), *db, "serve"]
+        store = ["--db", db_url] if db_url else []
+        store += ["--artifacts", artifacts] if artifacts else []
+        self.command = [sys.executable, "-m", "continual_mem.cli", "--home", str(home), *store, "serve"]
         self.command += ["--port", str(self.port), *args]
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path or Path(home) / f"serve-{self.port}.log"
@@ -54,6 +56,7 @@ class ServeProcess:
         self.stop()
 
     def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + self.ready_timeout_s
