@@ -27,7 +27,7 @@ from .adapter import (
     default_class_names,
 )
 from .backbone import check_supported, identity_of
-from .errors import BackboneMismatchError, ContinualMemError, UnknownTaskError
+from .errors import BackboneMismatchError, ConfigError, ContinualMemError, UnknownTaskError
 
 
 @dataclass
@@ -117,6 +117,11 @@ class MemoryViT(nn.Module):
         return int(self.backbone.embed_dim)
 
     @property
+    def tokens_per_image(self) -> int:
+        """Tokens the backbone sees per image: patches plus class and register tokens."""
+        return int(self.backbone.patch_embed.num_patches) + int(self.backbone.num_prefix_tokens)
+
+    @property
     def task_names(self) -> list[str]:
         return list(self.tasks.keys())
 
@@ -148,7 +153,16 @@ class MemoryViT(nn.Module):
         With `extension=True` (reuse mode only) the task's class token may also attend to the
         class tokens and memories of every reuse task already in the model. `class_ids`: the
         benchmark label of each head output, when those are not 0..C-1 (`AdapterConfig.class_ids`).
+        More memory tokens per layer than the image has tokens are refused: the memory would
+        outweigh the image itself.
         """
+        if num_memory > self.tokens_per_image:
+            patches = int(self.backbone.patch_embed.num_patches)
+            raise ConfigError(
+                f"{num_memory} is more memory tokens per layer than the {self.tokens_per_image} tokens the backbone"
+                f" sees per image ({patches} patches + {self.tokens_per_image - patches} class/register token(s));"
+                f" use at most {self.tokens_per_image}"
+            )
         extends = tuple(n for n in self.tasks if self.tasks[n].mode == "reuse") if extension else ()
         config = AdapterConfig(
             num_classes=num_classes,
