@@ -30,3 +30,7 @@ class UnknownTaskError(ContinualMemError, KeyError):
 
 class BackboneLoadError(ContinualMemError):
     """Backbone weights could not be found or loaded."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM: `kill`, `timeout`, a scheduler); handled like Ctrl-C."""

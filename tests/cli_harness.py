@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ TINY_ARGS += ("--arg", "embed_dim=48", "--arg", "num_heads=3")
 TRAIN_FAST = ("--steps", "3", "--batch-size", "16")
 LOW_DATA = "builtin:digits?classes=0,1,2"
 HIGH_DATA = "builtin:digits?classes=7,8,9"
+SQLITE_SIDE_FILES = ("store.db-wal", "store.db-shm")
 #: Environment variables that would point a command elsewhere than the test's store.
 CLEAN_ENV: dict[str, str | None] = {"CMEM_HOME": None, "CMEM_DB_URL": None, "CMEM_EXPORT_KEY": None}
 
@@ -92,11 +94,16 @@ class Snapshot:
 
 
 def snapshot(home: Path) -> Snapshot:
-    """The store's state, read without touching it (the database is dumped from a copy)."""
+    """The store's state, read without touching it (the database is dumped from a copy).
+
+    SQLite's own side files (`store.db-wal`, `store.db-shm`) are left out of the file list: a
+    reader may create them, and their content is in the dump.
+    """
     files = {}
     if home.exists():
         for path in sorted(p for p in home.rglob("*") if p.is_file() or p.is_symlink()):
-            files[path.relative_to(home).as_posix()] = _sha256(path)
+            if path.name not in SQLITE_SIDE_FILES:
+                files[path.relative_to(home).as_posix()] = _sha256(path)
     return Snapshot(files, _dump_sqlite(home / "store.db"))
 
 
@@ -124,6 +131,12 @@ def _dump_sqlite(db: Path) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------ inputs
+def sql(db: Path, statement: str, *params: object) -> list[tuple]:
+    """Run one SQL statement on a SQLite file, committed and closed (no connection left open)."""
+    with closing(sqlite3.connect(db)) as conn, conn:
+        return conn.execute(statement, params).fetchall()
+
+
 def digit_pngs(folder: Path, classes: Sequence[int], per_class: int = 1) -> list[Path]:
     """Real 8x8 scikit-learn digits as PNG files, `per_class` of each class, into `folder`."""
     from continual_mem.data import digits

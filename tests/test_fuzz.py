@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from cli_harness import (
     ok,
     rewrite_metadata,
     snapshot,
+    sql,
 )
 from PIL import Image
 from safetensors.numpy import save_file
@@ -59,8 +59,7 @@ def empty_database(home: Path) -> None:
 
 
 def future_schema(home: Path) -> None:
-    with sqlite3.connect(home / "store.db") as conn:
-        conn.execute("UPDATE alembic_version SET version_num = '0099_future'")
+    sql(home / "store.db", "UPDATE alembic_version SET version_num = '0099_future'")
 
 
 def file_instead_of(relative: str) -> Callable[[Path], None]:
@@ -73,16 +72,13 @@ def file_instead_of(relative: str) -> Callable[[Path], None]:
 
 
 def artifact_of(home: Path, task: str) -> Path:
-    with sqlite3.connect(home / "store.db") as conn:
-        (sha,) = conn.execute(
-            "SELECT artifact_sha256 FROM task_versions JOIN tasks ON tasks.id = task_id WHERE name = ?", (task,)
-        ).fetchone()
+    query = "SELECT artifact_sha256 FROM task_versions JOIN tasks ON tasks.id = task_id WHERE name = ?"
+    ((sha,),) = sql(home / "store.db", query, task)
     return home / "artifacts" / sha[:2] / f"{sha}.safetensors"
 
 
 def backbone_weights(home: Path) -> Path:
-    with sqlite3.connect(home / "store.db") as conn:
-        (sha,) = conn.execute("SELECT weights_file_sha256 FROM backbones WHERE name = 'tiny'").fetchone()
+    ((sha,),) = sql(home / "store.db", "SELECT weights_file_sha256 FROM backbones WHERE name = 'tiny'")
     return home / "artifacts" / sha[:2] / f"{sha}.safetensors"
 
 
@@ -100,14 +96,12 @@ def flipped_backbone(home: Path) -> None:
 
 def failed_version(home: Path) -> None:
     """low@2: a version whose training failed."""
-    with sqlite3.connect(home / "store.db") as conn:
-        (task_id,) = conn.execute("SELECT id FROM tasks WHERE name = 'low'").fetchone()
-        conn.execute(
-            "INSERT INTO task_versions (task_id, number, status, mode, memory_size, hyperparams, failure_reason,"
-            " created_at, finished_at) VALUES (?, 2, 'failed', 'reuse', 5, '{}', 'boom', '2026-01-01 00:00:00',"
-            " '2026-01-01 00:00:01')",
-            (task_id,),
-        )
+    sql(
+        home / "store.db",
+        "INSERT INTO task_versions (task_id, number, status, mode, memory_size, hyperparams, failure_reason,"
+        " created_at, finished_at) SELECT id, 2, 'failed', 'reuse', 5, '{}', 'boom', '2026-01-01 00:00:00',"
+        " '2026-01-01 00:00:01' FROM tasks WHERE name = 'low'",
+    )
 
 
 def task_on_another_backbone(home: Path) -> None:
@@ -154,7 +148,7 @@ CASES = [
     Case("corrupt-db-predict", "predict {in}/digits", "is not a SQLite database", setup=corrupt_database),
     Case("corrupt-db-scenario-runs", "scenario runs", "is not a SQLite database", setup=corrupt_database),
     Case("corrupt-db-demo", "demo", "is not a SQLite database", setup=corrupt_database),
-    Case("empty-db-list", "task list", "run `cmem db upgrade`", setup=empty_database),
+    Case("empty-db-list", "task list", "no store in", setup=empty_database),
     Case("future-schema-list", "task list", "newer than this code", setup=future_schema),
     Case("future-schema-upgrade", "db upgrade", "newer than this code", setup=future_schema),
     Case("future-schema-init", "init", "newer than this code", setup=future_schema),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from cli_harness import (
     invoke,
     ok,
     snapshot,
+    sql,
 )
 
 from store.artifacts import read_safetensors_header, write_safetensors_with_metadata
@@ -95,24 +95,40 @@ def test_1_sigkill_leaves_a_version_that_listing_marks_failed(home) -> None:
     proc.kill()
     proc.communicate(timeout=60)
     assert versions(home, "low")[-1]["status"] == "training"  # its last heartbeat is recent
-    with sqlite3.connect(home / "store.db") as conn:  # as if the process had died an hour ago
-        conn.execute("UPDATE task_versions SET heartbeat_at = datetime('now', '-1 hour') WHERE number = 2")
+    # as if the process had died an hour ago
+    sql(home / "store.db", "UPDATE task_versions SET heartbeat_at = datetime('now', '-1 hour') WHERE number = 2")
     latest = versions(home, "low")[-1]
     assert latest["status"] == "failed" and latest["finished_at"] is not None
     assert "abandoned" in latest["failure_reason"] and "heartbeat" in latest["failure_reason"]
 
 
 def test_1_gc_reaps_an_abandoned_version(home) -> None:
-    with sqlite3.connect(home / "store.db") as conn:
-        task_id = conn.execute("SELECT id FROM tasks WHERE name = 'low'").fetchone()[0]
-        conn.execute(
-            "INSERT INTO task_versions (task_id, number, status, mode, memory_size, hyperparams, created_at,"
-            " heartbeat_at) VALUES (?, 2, 'training', 'reuse', 5, '{}', datetime('now', '-2 day'),"
-            " datetime('now', '-2 day'))",
-            (task_id,),
-        )
+    sql(
+        home / "store.db",
+        "INSERT INTO task_versions (task_id, number, status, mode, memory_size, hyperparams, created_at,"
+        " heartbeat_at) SELECT id, 2, 'training', 'reuse', 5, '{}', datetime('now', '-2 day'),"
+        " datetime('now', '-2 day') FROM tasks WHERE name = 'low'",
+    )
     assert "marked 1 abandoned training version(s) failed: low@2" in ok(home, "gc").stdout
     assert versions(home, "low")[-1]["status"] == "failed"
+
+
+def test_1_heartbeat_beats_until_closed_and_outlives_a_failed_beat() -> None:
+    from store.liveness import Heartbeat
+
+    beats: list[float] = []
+
+    def beat() -> None:
+        beats.append(time.monotonic())
+        if len(beats) == 2:
+            raise RuntimeError("database is locked")
+
+    with Heartbeat(beat, interval_s=0.01) as heart:
+        while len(beats) < 5:
+            time.sleep(0.01)
+    after_close = len(beats)
+    time.sleep(0.05)
+    assert len(beats) == after_close and heart.failures == 1
 
 
 # ---------------------------------------------------------------------------------- 2 tampered exports
@@ -268,8 +284,7 @@ def test_10_a_corrupt_database_file_is_named(home) -> None:
 
 # ---------------------------------------------------------------------------------- 11 newer schema
 def test_11_a_database_newer_than_the_code(home) -> None:
-    with sqlite3.connect(home / "store.db") as conn:
-        conn.execute("UPDATE alembic_version SET version_num = '0099_future'")
+    sql(home / "store.db", "UPDATE alembic_version SET version_num = '0099_future'")
     before = snapshot(home)
     current = ok(home, "db", "current").stdout
     assert "newer than this code" in current and "db upgrade" not in current
