@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -398,8 +398,10 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
     return read_safetensors_header(Path(path)).metadata
 
 
-def write_safetensors_with_metadata(src: Path, dest: Path, metadata: dict[str, str]) -> None:
-    """Write ``src`` to ``dest`` with ``metadata`` merged into its ``__metadata__``.
+def write_safetensors_with_metadata(
+    src: Path, dest: Path, metadata: dict[str, str], remove: Collection[str] = ()
+) -> None:
+    """Write ``src`` to ``dest`` with ``metadata`` merged into its ``__metadata__`` (less the ``remove`` keys).
 
     The tensor bytes are copied unchanged; the header is re-serialised and padded
     with spaces to keep the data area 8-byte aligned, as safetensors writers do.
@@ -407,7 +409,7 @@ def write_safetensors_with_metadata(src: Path, dest: Path, metadata: dict[str, s
     written is refused (``StorageError``).
     """
     header = read_safetensors_header(src)
-    merged = {**header.metadata, **metadata}
+    merged = {k: v for k, v in {**header.metadata, **metadata}.items() if k not in remove}
     if not all(isinstance(v, str) for v in merged.values()):
         raise TypeError("safetensors metadata values must be strings")
     blob = json.dumps({"__metadata__": merged, **header.tensors}, separators=(",", ":")).encode("utf-8")

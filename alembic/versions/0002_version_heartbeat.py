@@ -19,11 +19,11 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# Plain ALTER TABLE on both backends (SQLite >= 3.35 drops columns): a batch "move and copy" of
+# task_versions would trip the foreign keys that aliases, evaluations and tags hold on it.
 def upgrade() -> None:
-    with op.batch_alter_table("task_versions") as batch:
-        batch.add_column(sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("task_versions", sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("task_versions") as batch:
-        batch.drop_column("heartbeat_at")
+    op.drop_column("task_versions", "heartbeat_at")
