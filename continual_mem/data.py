@@ -75,6 +75,13 @@ def load_source(
     return load_image_folder(Path(spec), skip_bad=skip_bad, side=side, max_pixels=max_pixels)
 
 
+def source_class_names(spec: str) -> list[str]:
+    """The class names of a data source; a folder's images are listed, not decoded."""
+    if spec.startswith("builtin:"):
+        return _load_builtin(spec).class_names
+    return [class_dir.name for class_dir, _ in _class_files(Path(spec))]
+
+
 def _load_builtin(spec: str) -> LabeledImages:
     name, _, query = spec[len("builtin:") :].partition("?")
     options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
@@ -334,11 +341,8 @@ def load_image_folder(
     left without any image is refused either way.
     """
     images, labels, bad = [], [], []
-    class_dirs = _class_dirs(root)
-    for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"class folder {class_dir} holds no images")
+    class_files = _class_files(root)
+    for label, (class_dir, files) in enumerate(class_files):
         kept = 0
         for path in files:
             try:
@@ -354,10 +358,12 @@ def load_image_folder(
     if bad and not skip_bad:
         shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise DataError(f"{len(bad)} unreadable image(s): {shown} (use --skip-bad to skip them)")
-    return LabeledImages(batch_of(images, side), torch.tensor(labels), [p.name for p in class_dirs], str(root))
+    class_names = [class_dir.name for class_dir, _ in class_files]
+    return LabeledImages(batch_of(images, side), torch.tensor(labels), class_names, str(root))
 
 
-def _class_dirs(root: Path) -> list[Path]:
+def _class_files(root: Path) -> list[tuple[Path, list[Path]]]:
+    """Each class sub-folder of `root` (sorted) with its image files; refused when empty or missing."""
     if not root.exists():
         raise DataError(f"data directory {root} does not exist")
     if not root.is_dir():
@@ -365,7 +371,13 @@ def _class_dirs(root: Path) -> list[Path]:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"data directory {root} has no class sub-folders")
-    return class_dirs
+    classes = []
+    for class_dir in class_dirs:
+        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"class folder {class_dir} holds no images")
+        classes.append((class_dir, files))
+    return classes
 
 
 def fit_side(image: Tensor, side: int | None) -> Tensor:

@@ -90,6 +90,22 @@ class _KVCache:
         self._entries.pop(name, None)
 
 
+def tokens_per_image(backbone: VisionTransformer) -> int:
+    """Tokens the backbone sees per image: patches plus class and register tokens."""
+    return int(backbone.patch_embed.num_patches) + int(backbone.num_prefix_tokens)
+
+
+def check_memory_tokens(backbone: VisionTransformer, num_memory: int) -> None:
+    """Refuse more memory tokens per layer than the image has tokens: the memory would outweigh the image."""
+    tokens = tokens_per_image(backbone)
+    if num_memory > tokens:
+        patches = int(backbone.patch_embed.num_patches)
+        raise ConfigError(
+            f"{num_memory} is more memory tokens per layer than the {tokens} tokens the backbone sees per image"
+            f" ({patches} patches + {tokens - patches} class/register token(s)); use at most {tokens}"
+        )
+
+
 class MemoryViT(nn.Module):
     """A frozen timm ViT plus task adapters (memory tokens, class token, head per task)."""
 
@@ -118,8 +134,7 @@ class MemoryViT(nn.Module):
 
     @property
     def tokens_per_image(self) -> int:
-        """Tokens the backbone sees per image: patches plus class and register tokens."""
-        return int(self.backbone.patch_embed.num_patches) + int(self.backbone.num_prefix_tokens)
+        return tokens_per_image(self.backbone)
 
     @property
     def task_names(self) -> list[str]:
@@ -156,13 +171,7 @@ class MemoryViT(nn.Module):
         More memory tokens per layer than the image has tokens are refused: the memory would
         outweigh the image itself.
         """
-        if num_memory > self.tokens_per_image:
-            patches = int(self.backbone.patch_embed.num_patches)
-            raise ConfigError(
-                f"{num_memory} is more memory tokens per layer than the {self.tokens_per_image} tokens the backbone"
-                f" sees per image ({patches} patches + {self.tokens_per_image - patches} class/register token(s));"
-                f" use at most {self.tokens_per_image}"
-            )
+        check_memory_tokens(self.backbone, num_memory)
         extends = tuple(n for n in self.tasks if self.tasks[n].mode == "reuse") if extension else ()
         config = AdapterConfig(
             num_classes=num_classes,

@@ -314,6 +314,22 @@ SCENARIO_HELP = (
 )
 
 
+def check_scenario_name(name: str) -> None:
+    """Refuse a scenario name `build_scenario` cannot build, before any backbone or data is loaded."""
+    if name in ("split-digits", "synthetic"):
+        return
+    if name.startswith("folder:"):
+        if not Path(name[len("folder:") :]).is_dir():
+            raise ScenarioError(f"scenario {name!r}: folder {name[len('folder:') :]} does not exist")
+        return
+    if name.startswith("torchvision:"):
+        set_name = name[len("torchvision:") :].partition(":")[0]
+        if set_name not in TORCHVISION_SETS:
+            raise ScenarioError(f"torchvision set must be one of {TORCHVISION_SETS}, got {set_name!r}")
+        return
+    raise ScenarioError(f"unknown scenario {name!r}; expected {SCENARIO_HELP}")
+
+
 def build_scenario(
     name: str,
     input_spec: InputSpec,
