@@ -334,7 +334,7 @@ CASES = [
     Case("predict-text-file", "predict {in}/notes.txt", "is not an image"),
     Case("predict-empty-file", "predict {in}/empty.png", "is not an image"),
     Case("predict-truncated", "predict {in}/truncated.png", "is truncated or corrupt"),
-    Case("predict-bomb", "predict {in}/bomb.png", "bomb.png is 10000x10000"),
+    Case("predict-bomb", "predict {in}/bomb.png", "bomb.png: it is 10000x10000"),
     Case("predict-animated", "predict {in}/animated.gif", "is animated"),
     Case("predict-cmyk", "predict {in}/cmyk.jpg", "pixel mode CMYK"),
     Case("predict-16-bit", "predict {in}/deep.png", "pixel mode I;16"),

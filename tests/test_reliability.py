@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import test_store_fixtures as fx
 from cli_harness import (
     LOW_DATA,
     TINY_ARGS,
@@ -33,6 +34,8 @@ from cli_harness import (
 from store.artifacts import read_safetensors_header, write_safetensors_with_metadata
 
 CMEM = Path(sys.executable).parent / "cmem"
+store = fx.store  # the seeded store on SQLite and on PostgreSQL (bound here, as the store tests do)
+db_url = fx.db_url
 HUGE_VERSION = "99999999999999999999999"
 
 
@@ -113,6 +116,21 @@ def test_1_gc_reaps_an_abandoned_version(home) -> None:
     assert versions(home, "low")[-1]["status"] == "failed"
 
 
+def test_1_a_beating_version_is_alive_and_a_silent_one_abandoned(store) -> None:
+    """On SQLite and PostgreSQL: the heartbeat, not the start time, says whether a version is abandoned."""
+    version = store.begin_version("digits", "memory", 4, {})
+    assert store.stale_versions(older_than_s=3600) == [] and store.fail_stale(older_than_s=3600) == []
+    time.sleep(0.3)
+    store.beat(version)
+    assert store.stale_versions(older_than_s=0.2) == []  # it began 0.3 s ago, but beat just now
+    time.sleep(0.3)
+    (abandoned,) = store.fail_stale(older_than_s=0.2)
+    assert (abandoned.ref, abandoned.status) == ("digits@1", "failed")
+    assert abandoned.failure_reason == "abandoned: no heartbeat from its training process for more than 0.2 s"
+    store.beat(version)  # a late beat of a failed version changes nothing
+    assert store.get_version("digits@1").status == "failed"
+
+
 def test_1_heartbeat_beats_until_closed_and_outlives_a_failed_beat() -> None:
     from store.liveness import Heartbeat
 
@@ -164,6 +182,40 @@ def test_2_tampered_exports_are_refused(home, exported, tmp_path) -> None:
     assert "Imported" in ok(home, "import", str(exported), "--task", "copy").stdout
 
 
+def with_true_digest(path: Path) -> Path:
+    """Recompute a tampered file's digest, as a forger who knows the format would."""
+    from store.integrity import DIGEST_KEY, content_digest
+
+    header = read_safetensors_header(path)
+    return with_metadata(path, path, **{DIGEST_KEY: content_digest(path, header)})
+
+
+def test_2_an_export_that_disagrees_with_itself_is_refused_at_import(home, exported, tmp_path) -> None:
+    """With the digest forged, the checks of shapes and fields against each other still refuse it."""
+    deeper = with_true_digest(with_metadata(exported, tmp_path / "depth.safetensors", depth="4"))
+    larger = with_true_digest(with_metadata(exported, tmp_path / "memory.safetensors", **{"cmem.memory_size": "7"}))
+    before = snapshot(home)
+    assert_refused(
+        invoke(home, "import", str(deeper)), "tensor 'memory' is F32[2, 5, 48], its metadata says F32[4, 5, 48]"
+    )
+    assert_refused(invoke(home, "import", str(larger)), "the adapter's num_memory is 5, but 7 is expected")
+    assert snapshot(home) == before
+
+
+def test_2_loading_an_adapter_checks_its_digest(exported, tmp_path) -> None:
+    """The adapter file itself carries a digest that `TaskAdapter.load` checks, store or no store."""
+    from continual_mem.adapter import TaskAdapter
+    from continual_mem.errors import AdapterFormatError
+
+    assert TaskAdapter.load(exported).config.class_names == ("0", "1", "2")
+    config = json.loads(read_safetensors_header(exported).metadata["config"])
+    renamed = with_metadata(
+        exported, tmp_path / "renamed.safetensors", config=json.dumps({**config, "class_names": ["0", "1", "X"]})
+    )
+    with pytest.raises(AdapterFormatError, match="does not match its digest"):
+        TaskAdapter.load(renamed)
+
+
 def test_2_signed_exports(home, tmp_path) -> None:
     signed = tmp_path / "signed.safetensors"
     ok(home, "export", "low@1", str(signed), env={"CMEM_EXPORT_KEY": "key-one"})
@@ -188,18 +240,30 @@ def test_3_a_refused_import_writes_nothing(home, exported) -> None:
 
 
 # ---------------------------------------------------------------------------------- 4 large images
-def test_4_each_image_is_answered_on_its_own(home, tmp_path) -> None:
+def test_4_each_image_is_resized_on_its_own(tmp_path) -> None:
+    """A 4000x4000 image beside small ones: each goes to the backbone's side alone, nothing to 4000."""
+    import torch
+
+    from continual_mem.data import load_source
+    from continual_mem.images import decode_image, to_side
+    from continual_mem.services import load_image_files
+
     digits = digit_pngs(tmp_path / "digits", [0, 1, 2])
-    alone = [json.loads(line) for line in ok(home, "predict", *map(str, digits), "--json").stdout.splitlines()]
-    blank_png(tmp_path / "big" / "big.png", 4000, 4000)
-    args = [*map(str, digits), str(tmp_path / "big" / "big.png"), "--json"]
-    together = [json.loads(line) for line in ok(home, "predict", *args).stdout.splitlines()]
-    assert together[:3] == alone
+    big = blank_png(tmp_path / "big.png", 4000, 4000)
+    files, batch = load_image_files([*digits, big], side=16)
+    assert files == [*digits, big] and batch.shape == (4, 3, 16, 16)
+    for row, path in enumerate(digits):
+        assert torch.equal(batch[row], to_side(decode_image(path), 16))
+    data = class_folders(tmp_path / "data", [0, 1])
+    blank_png(data / "1" / "big.png", 4000, 4000)
+    assert load_source(str(data), side=16).images.shape == (9, 3, 16, 16)
 
 
 def test_4_an_image_over_the_pixel_limit_is_refused_by_name(home, tmp_path) -> None:
     bomb = blank_png(tmp_path / "bomb.png", 10_000, 10_000)
-    assert_refused(invoke(home, "predict", str(bomb)), f"{bomb} is 10000x10000 = 100.0 megapixels")
+    assert_refused(
+        invoke(home, "predict", str(bomb)), f"cannot read image {bomb}: it is 10000x10000 = 100.0 megapixels"
+    )
     raised = ok(home, "predict", str(digit_pngs(tmp_path, [1])[0]), "--max-pixels", "200000000").stdout
     assert "low@1" in raised
     data = class_folders(tmp_path / "data", [0, 1, 2])
