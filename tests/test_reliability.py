@@ -241,29 +241,31 @@ def test_3_a_refused_import_writes_nothing(home, exported) -> None:
 
 # ---------------------------------------------------------------------------------- 4 large images
 def test_4_each_image_is_resized_on_its_own(tmp_path) -> None:
-    """A 4000x4000 image beside small ones: each goes to the backbone's side alone, nothing to 4000."""
+    """A 4000x4000 image beside small ones: each keeps its own size until it goes to the backbone's side alone."""
     import torch
 
-    from continual_mem.data import load_source
+    from continual_mem.data import InputSpec, load_source
     from continual_mem.images import decode_image, to_side
     from continual_mem.services import load_image_files
 
     digits = digit_pngs(tmp_path / "digits", [0, 1, 2])
     big = blank_png(tmp_path / "big.png", 4000, 4000)
-    files, batch = load_image_files([*digits, big], side=16)
-    assert files == [*digits, big] and batch.shape == (4, 3, 16, 16)
+    files, images = load_image_files([*digits, big])
+    assert files == [*digits, big] and [tuple(i.shape) for i in images] == [(3, 8, 8)] * 3 + [(3, 4000, 4000)]
+    spec = InputSpec(16, 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    batch = spec.batch(images)
     for row, path in enumerate(digits):
-        assert torch.equal(batch[row], to_side(decode_image(path), 16))
+        assert torch.equal(batch[row], spec(to_side(decode_image(path), 16)[None])[0])
     data = class_folders(tmp_path / "data", [0, 1])
     blank_png(data / "1" / "big.png", 4000, 4000)
-    assert load_source(str(data), side=16).images.shape == (9, 3, 16, 16)
+    folder = load_source(str(data), side=16)
+    assert folder.images.shape == (9, 3, 16, 16)
+    assert torch.equal(folder.images[0], to_side(decode_image(data / "0" / "digit-0-0.png"), 16))
 
 
 def test_4_an_image_over_the_pixel_limit_is_refused_by_name(home, tmp_path) -> None:
     bomb = blank_png(tmp_path / "bomb.png", 10_000, 10_000)
-    assert_refused(
-        invoke(home, "predict", str(bomb)), f"cannot read image {bomb}: it is 10000x10000 = 100.0 megapixels"
-    )
+    assert_refused(invoke(home, "predict", str(bomb)), f"{bomb} is 10000x10000 = 100.0 megapixels, over the limit")
     raised = ok(home, "predict", str(digit_pngs(tmp_path, [1])[0]), "--max-pixels", "200000000").stdout
     assert "low@1" in raised
     data = class_folders(tmp_path / "data", [0, 1, 2])

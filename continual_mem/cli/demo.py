@@ -69,7 +69,7 @@ def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> Non
     _step("3. predict every deployed task from ONE backbone pass")
     images = _write_sample_images(store.home / "demo-images")
     loaded = services.load_versions(store, services.deployed_refs(store, "production"))
-    files, batch = services.load_image_files(images, loaded.spec.img_size)
+    files, batch = services.load_image_files(images)
     answers, passes = services.predict(loaded, batch, top_k=1)
     click.echo(f"{len(loaded.versions)} tasks answered with {passes} backbone pass(es) per batch")
     Table(

@@ -44,7 +44,7 @@ def predict(
 
     refs = list(tasks) if tasks else services.deployed_refs(store, alias or "production")
     loaded = services.load_versions(store, refs)
-    files, images = services.load_image_files(paths, loaded.spec.img_size, max_pixels or MAX_PIXELS)
+    files, images = services.load_image_files(paths, max_pixels or MAX_PIXELS)
     answers, passes = services.predict(loaded, images, top_k=top_k, batch_size=batch_size)
     full = [t for t, v in loaded.versions.items() if v.mode == "full"]
     per_image = [
