@@ -14,7 +14,7 @@ from store.mapping import decode_json_batch
 from store.names import Ref, check_alias, check_name, parse_ref
 from store.notify import announce_alias_move
 from store.records import AliasInfo, AliasMove, DeployedEntry
-from store.validation import check_alias_target, check_text, check_version
+from store.validation import check_alias_target, check_int, check_text
 
 
 class AliasesMixin(StoreBase):
@@ -67,7 +67,7 @@ class AliasesMixin(StoreBase):
                 )
             task_name, number = parsed.task, parsed.number
         else:
-            task_name, number = check_name(ref_or_task, "task name"), check_version(version)
+            task_name, number = check_name(ref_or_task, "task name"), check_int(version, "version", minimum=1)
         actor = None if actor is None else check_text(actor, "actor")
 
         def work(s: Session) -> AliasInfo:

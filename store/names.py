@@ -10,7 +10,8 @@ from store.errors import InvalidNameError
 NAME_RULE = "1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _DIGITS_RE = re.compile(r"[0-9]+")
-#: The largest version number: what a 32-bit signed INTEGER column (PostgreSQL's) holds.
+#: The largest version number: what a 32-bit signed INTEGER column (PostgreSQL's) holds. A larger
+#: one names no version (lookups say "not found" without asking the database, which would overflow).
 MAX_VERSION = 2**31 - 1
 
 
@@ -32,15 +33,6 @@ def check_alias(alias: object) -> str:
     if _DIGITS_RE.fullmatch(alias):
         raise InvalidNameError(f"invalid alias {alias!r}: must not be only digits (that reads as a version number)")
     return alias
-
-
-def check_version_number(number: int, shown: object) -> int:
-    """A version number within 1..MAX_VERSION; `shown` is what the user gave, for the message."""
-    if number < 1:
-        raise InvalidNameError(f"invalid reference {shown!r}: version numbers start at 1")
-    if number > MAX_VERSION:
-        raise InvalidNameError(f"invalid reference {shown!r}: version numbers are at most {MAX_VERSION}")
-    return number
 
 
 @dataclass(frozen=True)
@@ -68,7 +60,10 @@ def parse_ref(ref: str) -> Ref:
     if not sep:
         return Ref(task)
     if _DIGITS_RE.fullmatch(target):
-        return Ref(task, number=check_version_number(int(target), ref))
+        number = int(target)
+        if number < 1:
+            raise InvalidNameError(f"invalid reference {ref!r}: version numbers start at 1")
+        return Ref(task, number=number)
     if not _NAME_RE.fullmatch(target):
         raise InvalidNameError(
             f"invalid reference {ref!r}: expected 'task', 'task@3' or 'task@alias' (alias: {NAME_RULE})"

@@ -11,7 +11,7 @@ from store.errors import AlreadyExistsError, InvalidStateError, NotFoundError
 from store.mapping import task_infos
 from store.names import Ref, check_name
 from store.records import TaskInfo
-from store.validation import check_class_names, check_text, check_version, parse_tag_filter
+from store.validation import check_class_names, check_int, check_text, parse_tag_filter
 
 
 class TasksMixin(StoreBase):
@@ -94,7 +94,7 @@ class TasksMixin(StoreBase):
             if version is None:
                 row = s.get(m.TaskTag, (task_row.id, key)) or m.TaskTag(task_id=task_row.id, key=key)
             else:
-                target = self._version_of(s, task_row, Ref(task, number=check_version(version)))
+                target = self._version_of(s, task_row, Ref(task, number=check_int(version, "version", minimum=1)))
                 if target.deleted_at is not None:
                     raise InvalidStateError(f"version {task}@{target.number} is deleted")
                 row = s.get(m.VersionTag, (target.id, key)) or m.VersionTag(version_id=target.id, key=key)
@@ -112,7 +112,7 @@ class TasksMixin(StoreBase):
             if version is None:
                 row, owner = s.get(m.TaskTag, (task_row.id, key)), f"task {task!r}"
             else:
-                target = self._version_of(s, task_row, Ref(task, number=check_version(version)))
+                target = self._version_of(s, task_row, Ref(task, number=check_int(version, "version", minimum=1)))
                 row, owner = s.get(m.VersionTag, (target.id, key)), f"version {task}@{target.number}"
             if row is None:
                 raise NotFoundError(f"tag {key!r} not found on {owner}")

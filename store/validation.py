@@ -14,7 +14,7 @@ from typing import Any
 
 from store import models as m
 from store.errors import InvalidStateError, InvalidValueError, NotFoundError
-from store.names import MAX_VERSION, check_name
+from store.names import check_name
 
 TEXT_LEN = 200
 
@@ -34,14 +34,6 @@ def check_int(value: object, what: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
     return value
-
-
-def check_version(value: object, what: str = "version") -> int:
-    """A version number: 1 up to what the database's INTEGER column holds (``MAX_VERSION``)."""
-    number = check_int(value, what, minimum=1)
-    if number > MAX_VERSION:
-        raise InvalidValueError(f"invalid {what} {number}: version numbers are at most {MAX_VERSION}")
-    return number
 
 
 def check_finite(value: object, what: str) -> float:

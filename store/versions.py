@@ -31,7 +31,6 @@ from store.validation import (
     check_text,
     check_training,
     check_usable,
-    check_version,
     local_file,
     parse_tag_filter,
 )
@@ -57,7 +56,7 @@ class VersionsMixin(StoreBase):
         hyperparams = check_json(hyperparams, "hyperparams", dict)
         if data_fingerprint is not None:
             data_fingerprint = check_text(data_fingerprint, "data_fingerprint")
-        parent = None if parent_version is None else check_version(parent_version, "parent_version")
+        parent = None if parent_version is None else check_int(parent_version, "parent_version", minimum=1)
 
         def work(s: Session) -> VersionInfo:
             task_row = self._task(s, task)
