@@ -350,7 +350,7 @@ def load_image_folder(
             except ImageError as exc:
                 bad.append(str(exc))
                 continue
-            images.append(fit_side(image, side))
+            images.append(_fit_side(image, side))
             labels.append(label)
             kept += 1
         if kept == 0 and skip_bad:
@@ -359,7 +359,7 @@ def load_image_folder(
         shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise DataError(f"{len(bad)} unreadable image(s): {shown} (use --skip-bad to skip them)")
     class_names = [class_dir.name for class_dir, _ in class_files]
-    return LabeledImages(batch_of(images, side), torch.tensor(labels), class_names, str(root))
+    return LabeledImages(_batch_of(images, side), torch.tensor(labels), class_names, str(root))
 
 
 def _class_files(root: Path) -> list[tuple[Path, list[Path]]]:
@@ -380,15 +380,15 @@ def _class_files(root: Path) -> list[tuple[Path, list[Path]]]:
     return classes
 
 
-def fit_side(image: Tensor, side: int | None) -> Tensor:
-    """One image at `side`; without a side, shrunk to at most `MAX_DEFAULT_SIDE` (see `batch_of`)."""
+def _fit_side(image: Tensor, side: int | None) -> Tensor:
+    """One image at `side`; without a side, shrunk to at most `MAX_DEFAULT_SIDE` (see `_batch_of`)."""
     if side is not None:
         return to_side(image, side)
     return to_side(image, MAX_DEFAULT_SIDE) if max(image.shape[-2:]) > MAX_DEFAULT_SIDE else image
 
 
-def batch_of(images: Sequence[Tensor], side: int | None) -> Tensor:
-    """Images passed through `fit_side` as one (N, 3, S, S) batch: S is `side`, else the largest image's."""
+def _batch_of(images: Sequence[Tensor], side: int | None) -> Tensor:
+    """Images passed through `_fit_side` as one (N, 3, S, S) batch: S is `side`, else the largest image's."""
     return batch_at_side(images, side or max(max(image.shape[-2:]) for image in images))
 
 

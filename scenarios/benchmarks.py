@@ -245,7 +245,7 @@ def split_image_folder(
     limit_per_class: int | None = None,
 ) -> Scenario:
     """Any folder of class sub-folders, split by classes (seeded order unless given)."""
-    data = load_image_folder(root)
+    data = load_image_folder(root, side=input_spec.img_size)
     train, test = _split(data, limit_per_class)
     return from_labeled_images(
         f"folder:{root}",
