@@ -10,8 +10,10 @@ That is L*m*D + D + (D+1)*C trainable numbers. An adapter is saved as ONE safete
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,6 +30,9 @@ FORMAT_NAME = "continual-mem/adapter"
 FORMAT_VERSION = "1"
 MEMORY_INIT_STD = 0.02
 TENSOR_NAMES = ("memory", "cls_token", "head.weight", "head.bias")
+DIGEST_KEY = "content_sha256"
+#: The metadata an adapter's digest covers (files may carry more, e.g. an export's).
+DIGESTED_METADATA = ("format", "format_version", "depth", "dim", "config", "backbone_name", "backbone_sha256")
 
 
 @dataclass(frozen=True)
@@ -151,11 +156,13 @@ class TaskAdapter(nn.Module):
         return meta
 
     def save(self, path: str | os.PathLike[str], extra_metadata: dict[str, str] | None = None) -> Path:
-        """Write the adapter as one safetensors file (atomically: temp file, then rename)."""
+        """Write the adapter as one safetensors file (atomically: temp file, then rename), with its digest."""
         path = Path(path)
+        tensors = self.tensors()
         meta = self.metadata()
         meta.update(extra_metadata or {})
-        return write_safetensors(path, self.tensors(), meta)
+        meta[DIGEST_KEY] = content_sha256(tensors, meta)
+        return write_safetensors(path, tensors, meta)
 
     @classmethod
     def load(
@@ -163,9 +170,14 @@ class TaskAdapter(nn.Module):
         path: str | os.PathLike[str],
         expect_backbone: BackboneIdentity | None = None,
     ) -> TaskAdapter:
-        """Read an adapter file, refusing a truncated/tampered file or one for another backbone."""
+        """Read an adapter file, refusing a truncated/tampered file or one for another backbone.
+
+        Files saved before adapters carried a digest (no `content_sha256`) are read without that check.
+        """
         path = Path(path)
         meta, tensors = _read_safetensors(path)
+        if DIGEST_KEY in meta and meta[DIGEST_KEY] != content_sha256(tensors, meta):
+            raise AdapterFormatError(f"{path} does not match its digest: its tensors or metadata changed after saving")
         adapter = _adapter_from_metadata(path, meta)
         _check_tensor_shapes(path, adapter, tensors)
         if expect_backbone is not None:
@@ -173,6 +185,22 @@ class TaskAdapter(nn.Module):
         with torch.no_grad():
             adapter.load_state_dict(tensors)
         return adapter
+
+
+def tensors_sha256(tensors: Mapping[str, torch.Tensor], prefix: bytes = b"") -> str:
+    """sha256 over `prefix`, then the tensors by name: each one's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(prefix)
+    for key, tensor in sorted(tensors.items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def content_sha256(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """An adapter's digest: its own metadata (`DIGESTED_METADATA`) and its tensors."""
+    described = {k: metadata[k] for k in DIGESTED_METADATA if k in metadata}
+    return tensors_sha256(tensors, json.dumps(described, sort_keys=True).encode())
 
 
 _DTYPES = {

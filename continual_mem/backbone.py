@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
+import socket
+import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import timm
 import torch
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
-from .adapter import BackboneIdentity
+from .adapter import BackboneIdentity, tensors_sha256
 from .errors import BackboneLoadError, UnsupportedBackboneError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
+#: How long to wait for the model hub to answer before saying it cannot be reached.
+HUB_PROBE_TIMEOUT_S = 5.0
+LOCAL_WEIGHTS_HINT = (
+    "download the weights where a network is available and pass the file (cmem backbone add --weights FILE)"
+)
 
 
 def architecture_name(model: torch.nn.Module) -> str:
@@ -48,12 +55,7 @@ def check_supported(model: torch.nn.Module, name: str | None = None) -> VisionTr
 
 def fingerprint(model: torch.nn.Module) -> str:
     """sha256 over every tensor of the state dict (names, dtypes, shapes and bytes, sorted by name)."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_sha256(model.state_dict())
 
 
 def identity_of(model: torch.nn.Module, name: str | None = None) -> BackboneIdentity:
@@ -107,20 +109,65 @@ def create_backbone(
             overlay["num_classes"] = head
         kwargs["pretrained_cfg_overlay"] = overlay
         pretrained = True
+    elif pretrained:
+        _check_hub_reachable()
     try:
         model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise BackboneLoadError(f"timm has no model named {model_name!r}") from None
         raise BackboneLoadError(f"cannot load {model_name} weights: {_first_line(exc)}") from None
+    except (TypeError, ValueError) as exc:  # keyword arguments the model does not take, or of another type
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "pretrained_cfg_overlay")
+        raise BackboneLoadError(
+            f"timm cannot build {model_name}{' with ' + given if given else ''}: {_first_line(exc)}"
+        ) from None
     except Exception as exc:  # hub offline, unreadable file, shape clash: one line for the user
         if weights is None and not pretrained:
             raise
         source = weights if weights is not None else "the model hub"
+        hint = f"; {LOCAL_WEIGHTS_HINT}" if weights is None else ""
         raise BackboneLoadError(
-            f"cannot load {model_name} weights from {source}: {type(exc).__name__}: {_first_line(exc)}"
+            f"cannot load {model_name} weights from {source}: {type(exc).__name__}: {_first_line(exc)}{hint}"
         ) from None
     return check_supported(model, model_name)
+
+
+def _check_hub_reachable() -> None:
+    """Fail within seconds when the model hub cannot be reached, not after its client's minute of retries.
+
+    Skipped in offline mode (the hub client then reads its cache and fails fast by itself) and behind
+    a proxy (the hub may be reachable through it when it is not directly).
+    """
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode() or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        return
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    problem = _unreachable(endpoint.hostname or "", port, HUB_PROBE_TIMEOUT_S)
+    if problem is not None:
+        raise BackboneLoadError(
+            f"cannot reach the model hub ({constants.ENDPOINT}: {problem}); {LOCAL_WEIGHTS_HINT},"
+            " or set HF_HUB_OFFLINE=1 to use weights already in the hub's cache"
+        )
+
+
+def _unreachable(host: str, port: int, timeout_s: float) -> str | None:
+    """Why `host:port` does not accept a connection within `timeout_s` (name lookup included), or None."""
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc.strerror or str(exc))
+
+    thread = threading.Thread(target=connect, daemon=True)  # a name lookup has no timeout of its own
+    thread.start()
+    thread.join(timeout_s)
+    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
 
 
 def _load_exact(model_name: str, path: Path, kwargs: dict[str, Any]) -> torch.nn.Module:

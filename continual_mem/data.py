@@ -25,10 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ContinualMemError
-from .images import batch_at_side
+from .images import MAX_PIXELS, ImageError, batch_at_side, decode_image, to_side
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SYNTHETIC_SIZE = 32
+#: Side images are brought to when the caller names none: the largest image's, at most this.
+MAX_DEFAULT_SIDE = 224
 SHAPE_NAMES = ("disk", "square", "triangle", "cross", "ring", "hbar", "vbar", "diagonal")
 
 
@@ -61,11 +63,23 @@ class LabeledImages:
         return digest.hexdigest()
 
 
-def load_source(spec: str, skip_bad: bool = False) -> LabeledImages:
-    """Read a data source given as a directory path or a `builtin:` name with query options."""
+def load_source(
+    spec: str, skip_bad: bool = False, side: int | None = None, max_pixels: int = MAX_PIXELS
+) -> LabeledImages:
+    """Read a data source given as a directory path or a `builtin:` name with query options.
+
+    `side` and `max_pixels` apply to image folders (see `load_image_folder`).
+    """
     if spec.startswith("builtin:"):
         return _load_builtin(spec)
-    return load_image_folder(Path(spec), skip_bad=skip_bad)
+    return load_image_folder(Path(spec), skip_bad=skip_bad, side=side, max_pixels=max_pixels)
+
+
+def source_class_names(spec: str) -> list[str]:
+    """The class names of a data source; a folder's images are listed, not decoded."""
+    if spec.startswith("builtin:"):
+        return _load_builtin(spec).class_names
+    return [class_dir.name for class_dir, _ in _class_files(Path(spec))]
 
 
 def _load_builtin(spec: str) -> LabeledImages:
@@ -315,29 +329,41 @@ def synthetic(
     return _select_classes(data, classes)
 
 
-def read_rgb(path: Path) -> Tensor | None:
-    """An image file as (3, H, W) floats in [0, 1] (grayscale/RGBA converted); None if unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
-    return torch.from_numpy(array).permute(2, 0, 1)
-
-
-def stack_square(images: Sequence[Tensor]) -> Tensor:
-    """Images of any sizes as one (N, 3, S, S) batch, S the largest side (the model resizes after)."""
-    side = max(max(i.shape[-2:]) for i in images)
-    return torch.stack([resize_square(i, side) for i in images])
-
-
-def load_image_folder(root: Path, skip_bad: bool = False) -> LabeledImages:
+def load_image_folder(
+    root: Path, skip_bad: bool = False, side: int | None = None, max_pixels: int = MAX_PIXELS
+) -> LabeledImages:
     """A folder with one sub-folder per class; grayscale/RGBA images become RGB.
 
-    Unreadable images are refused with their paths, or skipped with `skip_bad`.
+    Each image is decoded on its own (refused over `max_pixels`, see `images.decode_image`) and
+    resized on its own to `side` (give the backbone's input side), so one large image never
+    inflates the others; without `side`, to the largest image's side, at most `MAX_DEFAULT_SIDE`.
+    Images that cannot be used are refused with their paths, or skipped with `skip_bad`; a class
+    left without any image is refused either way.
     """
+    images, labels, bad = [], [], []
+    class_files = _class_files(root)
+    for label, (class_dir, files) in enumerate(class_files):
+        kept = 0
+        for path in files:
+            try:
+                image = decode_image(path, max_pixels=max_pixels)
+            except ImageError as exc:
+                bad.append(str(exc))
+                continue
+            images.append(_fit_side(image, side))
+            labels.append(label)
+            kept += 1
+        if kept == 0 and skip_bad:
+            raise DataError(f"class folder {class_dir} has no readable image ({len(files)} skipped)")
+    if bad and not skip_bad:
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise DataError(f"{len(bad)} unreadable image(s): {shown} (use --skip-bad to skip them)")
+    class_names = [class_dir.name for class_dir, _ in class_files]
+    return LabeledImages(_batch_of(images, side), torch.tensor(labels), class_names, str(root))
+
+
+def _class_files(root: Path) -> list[tuple[Path, list[Path]]]:
+    """Each class sub-folder of `root` (sorted) with its image files; refused when empty or missing."""
     if not root.exists():
         raise DataError(f"data directory {root} does not exist")
     if not root.is_dir():
@@ -345,30 +371,25 @@ def load_image_folder(root: Path, skip_bad: bool = False) -> LabeledImages:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"data directory {root} has no class sub-folders")
-    images, labels, bad = [], [], []
-    for label, class_dir in enumerate(class_dirs):
+    classes = []
+    for class_dir in class_dirs:
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"class folder {class_dir} holds no images")
-        for path in files:
-            image = read_rgb(path)
-            if image is None:
-                bad.append(str(path))
-            else:
-                images.append(image)
-                labels.append(label)
-    if bad and not skip_bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise DataError(f"{len(bad)} unreadable image(s): {shown} (use --skip-bad to skip them)")
-    if not images:
-        raise DataError(f"data directory {root} holds no readable images")
-    return LabeledImages(stack_square(images), torch.tensor(labels), [p.name for p in class_dirs], str(root))
+        classes.append((class_dir, files))
+    return classes
 
 
-def resize_square(image: Tensor, side: int) -> Tensor:
-    if image.shape[-2:] == (side, side):
-        return image
-    return F.interpolate(image.unsqueeze(0), size=(side, side), mode="bilinear", align_corners=False)[0]
+def _fit_side(image: Tensor, side: int | None) -> Tensor:
+    """One image at `side`; without a side, shrunk to at most `MAX_DEFAULT_SIDE` (see `_batch_of`)."""
+    if side is not None:
+        return to_side(image, side)
+    return to_side(image, MAX_DEFAULT_SIDE) if max(image.shape[-2:]) > MAX_DEFAULT_SIDE else image
+
+
+def _batch_of(images: Sequence[Tensor], side: int | None) -> Tensor:
+    """Images passed through `_fit_side` as one (N, 3, S, S) batch: S is `side`, else the largest image's."""
+    return batch_at_side(images, side or max(max(image.shape[-2:]) for image in images))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ class ContinualMemError(Exception):
     """Base class of every error the core raises on purpose."""
 
 
+class ConfigError(ContinualMemError, ValueError):
+    """A setting that cannot work: a device that is not there, a size that cannot make sense."""
+
+
 class UnsupportedBackboneError(ContinualMemError):
     """The timm model cannot carry memory tokens (no class token, another block type, ...)."""
 
@@ -26,3 +30,7 @@ class UnknownTaskError(ContinualMemError, KeyError):
 
 class BackboneLoadError(ContinualMemError):
     """Backbone weights could not be found or loaded."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM: `kill`, `timeout`, a scheduler); handled like Ctrl-C."""

@@ -53,14 +53,16 @@ def decode_image(source: bytes | Path, name: str | None = None, max_pixels: int 
     try:
         stream = io.BytesIO(source) if isinstance(source, bytes) else source
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # `max_pixels` decides (checked below, before decoding); PIL's own warning would
+            # overrule a limit the user raised. Its hard error (twice its limit) still applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(stream) as img:
                 _check_header(img, label, max_pixels)
                 img.load()
                 array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{label} is too large to decode ({exc})") from None
     except UnidentifiedImageError:
         raise ImageError(f"cannot read image {label}: not an image format PIL knows") from None

@@ -27,7 +27,7 @@ from .adapter import (
     default_class_names,
 )
 from .backbone import check_supported, identity_of
-from .errors import BackboneMismatchError, ContinualMemError, UnknownTaskError
+from .errors import BackboneMismatchError, ConfigError, ContinualMemError, UnknownTaskError
 
 
 @dataclass
@@ -90,6 +90,22 @@ class _KVCache:
         self._entries.pop(name, None)
 
 
+def tokens_per_image(backbone: VisionTransformer) -> int:
+    """Tokens the backbone sees per image: patches plus class and register tokens."""
+    return int(backbone.patch_embed.num_patches) + int(backbone.num_prefix_tokens)
+
+
+def check_memory_tokens(backbone: VisionTransformer, num_memory: int) -> None:
+    """Refuse more memory tokens per layer than the image has tokens: the memory would outweigh the image."""
+    tokens = tokens_per_image(backbone)
+    if num_memory > tokens:
+        patches = int(backbone.patch_embed.num_patches)
+        raise ConfigError(
+            f"{num_memory} is more memory tokens per layer than the {tokens} tokens the backbone sees per image"
+            f" ({patches} patches + {tokens - patches} class/register token(s)); use at most {tokens}"
+        )
+
+
 class MemoryViT(nn.Module):
     """A frozen timm ViT plus task adapters (memory tokens, class token, head per task)."""
 
@@ -115,6 +131,10 @@ class MemoryViT(nn.Module):
     @property
     def dim(self) -> int:
         return int(self.backbone.embed_dim)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return tokens_per_image(self.backbone)
 
     @property
     def task_names(self) -> list[str]:
@@ -148,7 +168,10 @@ class MemoryViT(nn.Module):
         With `extension=True` (reuse mode only) the task's class token may also attend to the
         class tokens and memories of every reuse task already in the model. `class_ids`: the
         benchmark label of each head output, when those are not 0..C-1 (`AdapterConfig.class_ids`).
+        More memory tokens per layer than the image has tokens are refused: the memory would
+        outweigh the image itself.
         """
+        check_memory_tokens(self.backbone, num_memory)
         extends = tuple(n for n in self.tasks if self.tasks[n].mode == "reuse") if extension else ()
         config = AdapterConfig(
             num_classes=num_classes,

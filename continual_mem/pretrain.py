@@ -25,6 +25,7 @@ from timm.models.vision_transformer import VisionTransformer
 from .adapter import write_safetensors
 from .backbone import create_backbone
 from .data import InputSpec, LabeledImages, load_source
+from .errors import ConfigError
 
 DEMO_MODEL = "vit_tiny_patch16_224"
 DEMO_KWARGS: dict[str, Any] = {"img_size": 32, "patch_size": 4, "depth": 4}
@@ -41,6 +42,14 @@ class PretrainConfig:
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
 
 
 def pretrain_backbone(

@@ -20,7 +20,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import ConfigError
 from .model import MemoryViT
+
+GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,98 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 and self.steps is None:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and self.head_lr > 0):
-            raise ValueError(f"learning rates must be > 0, got {self.lr} and {self.head_lr} (head)")
+            raise ConfigError(f"learning rates must be > 0, got {self.lr} and {self.head_lr} (head)")
+        check_device(self.device)
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device `device` names; refused with the reason when it does not exist here."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {device!r} is not a device torch knows (cpu, cuda, cuda:N, mps)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: no CUDA device is available here")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS is not available here")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {device!r}: continual-mem trains on cpu, cuda or mps")
+    return parsed
+
+
+def training_bytes(depth: int, num_memory: int, dim: int, tokens: int, heads: int, batch_size: int, mode: str) -> int:
+    """A rough upper estimate of what one training step holds in memory (float32), in bytes.
+
+    The adapter with its gradient and two Adam moments, and the activations autograd keeps: in full
+    mode every block's attention maps over image and memory tokens; in reuse mode the backbone runs
+    without autograd and only the task token's attention is kept.
+    """
+    adapter = 4 * depth * num_memory * dim
+    keys = tokens + num_memory + 1
+    if mode == "full":
+        activations = depth * batch_size * (3 * heads * tokens * keys + 12 * tokens * dim)
+    else:
+        activations = batch_size * 12 * tokens * dim + depth * batch_size * (2 * tokens * dim + 3 * heads * keys)
+    return 4 * (adapter + activations)
+
+
+def available_bytes(device: str = "cpu") -> int | None:
+    """Memory free for a new allocation on `device` (None when it cannot be told)."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else None
+        return pages * os.sysconf("SC_PAGE_SIZE") if pages else None
+
+
+def check_memory_fits(
+    depth: int,
+    num_memory: int,
+    dim: int,
+    tokens: int,
+    heads: int,
+    batch_size: int,
+    mode: str,
+    device: str = "cpu",
+) -> None:
+    """Refuse a training run that could not fit in the memory available, before it starts."""
+    need = training_bytes(depth, num_memory, dim, tokens, heads, batch_size, mode)
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"training with {num_memory} memory tokens per layer ({mode} mode, batch {batch_size}) needs about"
+            f" {need / GIB:.1f} GiB on {device}, and {free / GIB:.1f} GiB are available: use fewer memory tokens"
+            " or a smaller batch size"
+        )
+
+
+def check_training_fits(model: MemoryViT, task: str, config: TrainConfig) -> None:
+    """`check_memory_fits` for `task` of `model` trained with `config`."""
+    adapter = model.adapter(task)
+    heads = int(model.backbone.blocks[0].attn.num_heads)
+    check_memory_fits(
+        model.depth,
+        adapter.num_memory,
+        model.dim,
+        model.tokens_per_image,
+        heads,
+        config.batch_size,
+        adapter.mode,
+        config.device,
+    )
 
 
 @dataclass

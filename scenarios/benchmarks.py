@@ -245,7 +245,7 @@ def split_image_folder(
     limit_per_class: int | None = None,
 ) -> Scenario:
     """Any folder of class sub-folders, split by classes (seeded order unless given)."""
-    data = load_image_folder(root)
+    data = load_image_folder(root, side=input_spec.img_size)
     train, test = _split(data, limit_per_class)
     return from_labeled_images(
         f"folder:{root}",
@@ -312,6 +312,22 @@ SCENARIO_HELP = (
     "split-digits | synthetic | folder:PATH | torchvision:NAME[:ROOT] "
     f"(NAME one of {', '.join(TORCHVISION_SETS)}; ROOT defaults to ./data)"
 )
+
+
+def check_scenario_name(name: str) -> None:
+    """Refuse a scenario name `build_scenario` cannot build, before any backbone or data is loaded."""
+    if name in ("split-digits", "synthetic"):
+        return
+    if name.startswith("folder:"):
+        if not Path(name[len("folder:") :]).is_dir():
+            raise ScenarioError(f"scenario {name!r}: folder {name[len('folder:') :]} does not exist")
+        return
+    if name.startswith("torchvision:"):
+        set_name = name[len("torchvision:") :].partition(":")[0]
+        if set_name not in TORCHVISION_SETS:
+            raise ScenarioError(f"torchvision set must be one of {TORCHVISION_SETS}, got {set_name!r}")
+        return
+    raise ScenarioError(f"unknown scenario {name!r}; expected {SCENARIO_HELP}")
 
 
 def build_scenario(

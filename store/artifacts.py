@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import fsspec
 
-from store.errors import ArtifactIntegrityError, InvalidArtifactError
+from store.errors import ArtifactIntegrityError, InvalidArtifactError, StorageError
 
 _CHUNK = 1 << 20
 _TMP_DIR = "tmp"
@@ -136,12 +136,22 @@ class ArtifactStore(ABC):
     def remove(self, key: str) -> None: ...
 
 
+def refuse_files_in_the_way(*folders: Path) -> None:
+    """Refuse a file where the store needs a folder (created later, on first write)."""
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise StorageError(f"{folder} is a file, not a folder: the store keeps its files there; move it away")
+
+
 class LocalArtifactStore(ArtifactStore):
+    """Artifacts in a local folder, created on the first write (opening a store writes nothing)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
-        (root / _TMP_DIR).mkdir(parents=True, exist_ok=True)
+        refuse_files_in_the_way(root, root / _TMP_DIR)
 
     def put(self, src: Path, suffix: str = ARTIFACT_SUFFIX) -> StoredArtifact:
+        (self.root / _TMP_DIR).mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=self.root / _TMP_DIR, suffix=".part")
         tmp = Path(tmp_name)
         try:
@@ -388,22 +398,28 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
     return read_safetensors_header(Path(path)).metadata
 
 
-def write_safetensors_with_metadata(src: Path, dest: Path, metadata: dict[str, str]) -> None:
-    """Write ``src`` to ``dest`` with ``metadata`` merged into its ``__metadata__``.
+def write_safetensors_with_metadata(
+    src: Path, dest: Path, metadata: dict[str, str], remove: Collection[str] = ()
+) -> None:
+    """Write ``src`` to ``dest`` with ``metadata`` merged into its ``__metadata__`` (less the ``remove`` keys).
 
     The tensor bytes are copied unchanged; the header is re-serialised and padded
     with spaces to keep the data area 8-byte aligned, as safetensors writers do.
-    ``dest`` appears atomically (temp file -> fsync -> rename).
+    ``dest`` appears atomically (temp file -> fsync -> rename); a place that cannot be
+    written is refused (``StorageError``).
     """
     header = read_safetensors_header(src)
-    merged = {**header.metadata, **metadata}
+    merged = {k: v for k, v in {**header.metadata, **metadata}.items() if k not in remove}
     if not all(isinstance(v, str) for v in merged.values()):
         raise TypeError("safetensors metadata values must be strings")
     blob = json.dumps({"__metadata__": merged, **header.tensors}, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-(8 + len(blob)) % _HEADER_ALIGN)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as exc:
+        raise StorageError(f"cannot write {dest}: {exc.strerror or exc}") from None
     try:
         with open(src, "rb") as source, os.fdopen(fd, "wb") as out:
             out.write(struct.pack("<Q", len(blob)))
@@ -413,5 +429,7 @@ def write_safetensors_with_metadata(src: Path, dest: Path, metadata: dict[str, s
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp_name, dest)
+    except OSError as exc:
+        raise StorageError(f"cannot write {dest}: {exc.strerror or exc}") from None
     finally:
         Path(tmp_name).unlink(missing_ok=True)

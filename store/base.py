@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from store import models as m
 from store.db import READ_ONLY, is_transient
 from store.errors import NotFoundError, StoreError
-from store.names import Ref, check_name, parse_ref
+from store.names import MAX_VERSION, Ref, check_name, parse_ref
 from store.records import VersionInfo, VersionRef
 
 T = TypeVar("T")
@@ -83,6 +83,8 @@ class StoreBase:
     def _version_of(self, s: Session, task: m.Task, ref: Ref, lock: bool = False) -> m.TaskVersion:
         query = select(m.TaskVersion).where(m.TaskVersion.task_id == task.id)
         if ref.number is not None:
+            if ref.number > MAX_VERSION:  # no such version can exist, and the database could not compare it
+                raise NotFoundError(f"version {ref} not found (version numbers are at most {MAX_VERSION})")
             query = query.where(m.TaskVersion.number == ref.number)
             missing = f"version {ref} not found"
         elif ref.alias is not None:

@@ -12,15 +12,24 @@ package carries as ``store/migrations`` (see pyproject.toml); the helpers here a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    DBAPIError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 
-from store.errors import SchemaVersionError
+from store.errors import DatabaseAccessError, SchemaVersionError
 
 if TYPE_CHECKING:  # alembic is imported only to migrate or to explain a mismatch (it is slow to import)
     from alembic.config import Config
@@ -41,18 +50,60 @@ READ_ONLY = {"cmem_read_only": True}
 _PG_TRANSIENT_CODES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 #: The newest migration in alembic/versions; a test keeps it equal to alembic's head. Opening a
 #: store whose database is at this revision then needs no alembic import (start-up time).
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
+#: pip packages of the drivers SQLAlchemy imports, by the module it looks for.
+DRIVER_PACKAGES = {
+    "psycopg2": "psycopg2-binary",
+    "psycopg": "psycopg",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "pymysql",
+    "mysql": "mysql-connector-python",
+    "oracledb": "oracledb",
+    "pyodbc": "pyodbc",
+}
 
 
 def make_engine(db_url: str) -> Engine:
-    """Create an engine for ``db_url`` with the store's SQLite settings where it applies."""
-    url = make_url(db_url)
-    if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    """Create an engine for ``db_url`` with the store's SQLite settings where it applies.
+
+    A URL that does not parse, names an unknown database or a driver that is not installed is
+    refused with a ``DatabaseAccessError`` that says what to do.
+    """
+    url = _parse_url(db_url)
+    try:
+        if url.get_backend_name() != "sqlite":
+            return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    except NoSuchModuleError:
+        raise DatabaseAccessError(
+            f"database URL {shown_url(url)}: SQLAlchemy knows no database {url.drivername!r}"
+        ) from None
+    except ModuleNotFoundError as exc:
+        module = (exc.name or "").split(".")[0]
+        raise DatabaseAccessError(
+            f"the driver of database URL {shown_url(url)} is not installed (no module {module!r}):"
+            f" pip install {DRIVER_PACKAGES.get(module, module)}"
+        ) from None
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def _parse_url(db_url: str) -> URL:
+    try:
+        return make_url(db_url)
+    except ArgumentError:
+        shown = db_url if "@" not in db_url else "..." + db_url[db_url.rindex("@") :]  # no password shown
+        raise DatabaseAccessError(
+            f"{shown!r} is not a database URL (e.g. sqlite:////path/store.db, postgresql+psycopg2://user@host/db)"
+        ) from None
+
+
+def shown_url(url: str | URL) -> str:
+    """The URL as it can be printed: its password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
@@ -115,6 +166,16 @@ def head_revision() -> str:
     return heads[0]
 
 
+def describe_revision(current: str | None) -> str:
+    """How a database at revision ``current`` relates to this code, and what to do about it."""
+    head = head_revision()
+    if current == head:
+        return "up to date"
+    if current is not None and not _is_known(current):
+        return "the database is newer than this code: upgrade continual-mem"
+    return "run `cmem db upgrade`"
+
+
 def current_revision(db_url: str) -> str | None:
     """The revision the database at ``db_url`` is stamped with (None: no schema yet)."""
     engine = make_engine(db_url)
@@ -128,6 +189,7 @@ def upgrade(db_url: str, revision: str = "head") -> None:
     """Upgrade the database at ``db_url`` to ``revision`` (what ``cmem db upgrade`` runs)."""
     engine = make_engine(db_url)
     try:
+        _refuse_newer(_current_revision(engine))
         _upgrade(engine, revision)
     finally:
         engine.dispose()
@@ -145,15 +207,20 @@ def ensure_schema(engine: Engine, upgrade: bool) -> None:
     head = head_revision()
     if current == head:
         return
-    if current is not None and not _is_known(current):
-        raise SchemaVersionError(
-            f"database schema revision {current!r} is unknown to this code (its newest is {head!r}):"
-            " the code is older than the database; upgrade continual-mem"
-        )
+    _refuse_newer(current)
     if not upgrade:
         found = f"at revision {current!r}" if current else "not initialised"
         raise SchemaVersionError(f"database schema is {found} but this code needs {head!r}: run `cmem db upgrade`")
     _upgrade(engine, "head")
+
+
+def _refuse_newer(current: str | None) -> None:
+    """A revision unknown to this code can only come from newer code: neither open nor migrate it."""
+    if current is not None and current != SCHEMA_REVISION and not _is_known(current):
+        raise SchemaVersionError(
+            f"database schema revision {current!r} is newer than this code (its newest is {head_revision()!r}):"
+            " the code is older than the database; upgrade continual-mem"
+        )
 
 
 def _is_known(revision: str) -> bool:
@@ -167,7 +234,7 @@ def _is_known(revision: str) -> bool:
 
 def _current_revision(engine: Engine) -> str | None:
     """The revision in alembic's `alembic_version` table, read without importing alembic."""
-    with engine.execution_options(**READ_ONLY).connect() as conn:
+    with _connect(engine) as conn:
         try:
             rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
         except (OperationalError, ProgrammingError):  # no such table: an empty database
@@ -175,6 +242,18 @@ def _current_revision(engine: Engine) -> str | None:
         if len(rows) > 1:
             raise SchemaVersionError(f"the database is stamped with {len(rows)} revisions ({', '.join(rows)})")
         return rows[0] if rows else None
+
+
+@contextmanager
+def _connect(engine: Engine) -> Iterator[Connection]:
+    """A read connection; a SQLite file that is not a database is refused by its name."""
+    try:
+        with engine.execution_options(**READ_ONLY).connect() as conn:
+            yield conn
+    except DatabaseError as exc:
+        if isinstance(exc, OperationalError) or "file is not a database" not in str(exc.orig):
+            raise
+        raise DatabaseAccessError(f"{engine.url.database} is not a SQLite database ({exc.orig})") from None
 
 
 def _upgrade(engine: Engine, revision: str) -> None:

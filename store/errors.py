@@ -45,3 +45,11 @@ class InvalidArtifactError(ArtifactIntegrityError):
 
 class SchemaVersionError(StoreError):
     """The database schema revision does not match the code's."""
+
+
+class DatabaseAccessError(StoreError):
+    """The database cannot be used: a URL that does not parse or lacks its driver, a file that is not one."""
+
+
+class StorageError(StoreError):
+    """A file or folder of the store, or an export's destination, cannot be read or written."""

@@ -1,7 +1,10 @@
 """Export and import: one version as one self-describing safetensors file, and back into a store.
 
 The format (``EXPORT_FORMAT``) is the adapter's own safetensors file, tensors unchanged, with the
-store's fields added to its ``__metadata__`` as ``cmem.*`` strings.
+store's fields added to its ``__metadata__`` as ``cmem.*`` strings, a digest over all of it and,
+given a key, a signature (``store.integrity`` says what each protects against). An import checks
+the file completely (digest, signature, the adapter against the export and the backbone, the
+target task) before it copies anything into the store.
 """
 
 from __future__ import annotations
@@ -15,8 +18,30 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from store import models as m
-from store.artifacts import read_safetensors_metadata, write_safetensors_with_metadata
-from store.errors import BackboneMismatchError, InvalidArtifactError, InvalidStateError, InvalidValueError
+from store.artifacts import (
+    ARTIFACT_SUFFIX,
+    artifact_key,
+    read_safetensors_header,
+    read_safetensors_metadata,
+    sha256_file,
+    write_safetensors_with_metadata,
+)
+from store.errors import (
+    ArtifactIntegrityError,
+    BackboneMismatchError,
+    InvalidArtifactError,
+    InvalidStateError,
+    InvalidValueError,
+)
+from store.integrity import (
+    DIGEST_KEY,
+    SIGNATURE_KEY,
+    adapter_shape,
+    check_adapter_matches,
+    content_digest,
+    signature,
+    verify_digest_and_signature,
+)
 from store.mapping import version_infos
 from store.names import check_name
 from store.records import VersionInfo, VersionRef
@@ -30,32 +55,55 @@ IMPORTED_FROM_TAG = "imported-from"
 class ExchangeMixin(VersionsMixin):
     """Export a version to a file, import a file as a new version."""
 
-    def export_version(self, ref: VersionRef, dest: Path) -> Path:
-        """Write the version as one self-describing safetensors file (tensors unchanged, metadata added)."""
+    def export_version(self, ref: VersionRef, dest: Path, signing_key: bytes | None = None) -> Path:
+        """Write the version as one self-describing safetensors file (tensors unchanged, metadata added).
+
+        The file carries its digest, and with ``signing_key`` an HMAC signature of it.
+        """
         with self._reader() as s:
             task, version = self._version(s, ref)
             backbone = s.get_one(m.Backbone, task.backbone_id)
             metadata = export_metadata(task, version, backbone)
             number = version.number
         source = self.artifact_path(f"{task.name}@{number}")
-        write_safetensors_with_metadata(source, Path(dest), metadata)
+        header = read_safetensors_header(source)
+        digest = content_digest(source, header, {**header.metadata, **metadata})
+        metadata[DIGEST_KEY] = digest
+        if signing_key:
+            metadata[SIGNATURE_KEY] = signature(digest, signing_key)
+        write_safetensors_with_metadata(source, Path(dest), metadata, remove=() if signing_key else (SIGNATURE_KEY,))
         return Path(dest)
 
-    def import_version(self, path: Path, task_name: str | None = None) -> VersionInfo:
+    def import_version(
+        self,
+        path: Path,
+        task_name: str | None = None,
+        signing_key: bytes | None = None,
+        require_adapter: bool = False,
+    ) -> VersionInfo:
         """Add an exported file as a new ready version (creating the task if it is missing).
 
-        The backbone must be registered here with the same weights sha256 (matched
-        by name, else by weights); the task, if it exists, must have the same
-        backbone and classes.
+        Refused unless its digest matches (and, given ``signing_key``, its signature), the backbone
+        is registered here with the same weights sha256 (matched by name, else by weights), and the
+        task, if it exists, has the same backbone and classes. A file that holds a continual-mem
+        adapter (its ``format`` metadata says so; ``require_adapter`` refuses any other) must agree
+        with the export's fields and the backbone's depth and width. The file is copied into the
+        store only once all of that holds.
         """
         path = local_file(path, "export file")
+        header = read_safetensors_header(path)
         export = Export.read(path)
+        verify_digest_and_signature(path, header, signing_key)
+        adapter = adapter_shape(path, header) if require_adapter or "format" in header.metadata else None
         name = check_name(task_name if task_name is not None else export.task, "task name")
-        stored = self.store_artifact(path)
+        sha256, size = sha256_file(path)
+        key = artifact_key(sha256, ARTIFACT_SUFFIX)
 
         def work(s: Session) -> VersionInfo:
             now = m.utcnow()
             backbone = self._backbone_for(s, export, path)
+            if adapter is not None:
+                check_adapter_matches(path, adapter, export.adapter_fields(backbone.config))
             task = s.scalar(select(m.Task).where(m.Task.name == name))
             if task is None:
                 task = m.Task(
@@ -77,14 +125,16 @@ class ExchangeMixin(VersionsMixin):
                 hyperparams=export.hyperparams,
                 metrics=export.metrics,
                 data_fingerprint=export.data_fingerprint,
-                artifact_uri=stored.uri,
-                artifact_sha256=stored.sha256,
-                artifact_size=stored.size,
+                artifact_uri=self.artifacts.uri(key),
+                artifact_sha256=sha256,
+                artifact_size=size,
                 created_at=now,
                 finished_at=now,
             )
             s.add(m.VersionTag(version_id=version.id, key=IMPORTED_FROM_TAG, value=f"{export.task}@{export.version}"))
             s.flush()
+            if self.artifacts.put(path, ARTIFACT_SUFFIX).sha256 != sha256:  # every check passed: copy it in
+                raise ArtifactIntegrityError(f"{path} changed while it was being imported")
             return version_infos(s, [version])[0]
 
         return self._write(work, retry_conflicts=True)
@@ -158,6 +208,18 @@ class Export:
     data_fingerprint: str | None
     backbone_name: str
     backbone_sha256: str
+
+    def adapter_fields(self, backbone_config: dict[str, Any]) -> dict[str, object]:
+        """What the adapter inside must say (``store.integrity.AdapterShape`` fields), given its backbone."""
+        return {
+            "num_memory": self.memory_size,
+            "mode": self.mode,
+            "num_classes": len(self.class_names),
+            "class_names": self.class_names,
+            "backbone_sha256": self.backbone_sha256,
+            "depth": backbone_config.get("depth"),
+            "dim": backbone_config.get("embed_dim"),
+        }
 
     @classmethod
     def read(cls, path: Path) -> Export:

@@ -146,6 +146,8 @@ class TaskVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
+    #: Refreshed periodically while the training process lives (see ``TaskStore.heartbeat``).
+    heartbeat_at: Mapped[datetime | None]
 
 
 class Evaluation(Base):

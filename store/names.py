@@ -10,6 +10,9 @@ from store.errors import InvalidNameError
 NAME_RULE = "1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _DIGITS_RE = re.compile(r"[0-9]+")
+#: The largest version number: what a 32-bit signed INTEGER column (PostgreSQL's) holds. A larger
+#: one names no version (lookups say "not found" without asking the database, which would overflow).
+MAX_VERSION = 2**31 - 1
 
 
 def check_name(name: object, kind: str = "name") -> str:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from store import models as m
 from store.aliases import AliasesMixin
-from store.artifacts import artifact_key, open_artifact_store, suffix_of
+from store.artifacts import artifact_key, open_artifact_store, refuse_files_in_the_way, suffix_of
 from store.backbones import BackbonesMixin
 from store.db import ensure_schema, make_engine
 from store.exchange import ExchangeMixin
@@ -35,7 +35,9 @@ class TaskStore(BackbonesMixin, TasksMixin, ExchangeMixin, AliasesMixin):
     root (``artifacts/``) and a cache of remote artifacts (``cache/``). ``db_url``
     takes any SQLAlchemy URL; ``artifact_root`` a directory or an fsspec URL.
     With ``upgrade`` an older schema is migrated on open; without it an older
-    schema raises ``SchemaVersionError``. A newer schema always does.
+    schema raises ``SchemaVersionError``. A newer schema always does. Opening creates
+    ``home`` only for the default SQLite database; folders appear on the first write,
+    and a file where one of them belongs is refused (``StorageError``).
     """
 
     def __init__(
@@ -46,7 +48,9 @@ class TaskStore(BackbonesMixin, TasksMixin, ExchangeMixin, AliasesMixin):
         upgrade: bool = True,
     ) -> None:
         self.home = Path(home).expanduser().resolve()
-        self.home.mkdir(parents=True, exist_ok=True)
+        refuse_files_in_the_way(self.home)
+        if db_url is None:  # the SQLite database lives there
+            self.home.mkdir(parents=True, exist_ok=True)
         self.db_url = db_url or f"sqlite:///{self.home / 'store.db'}"
         engine = make_engine(self.db_url)
         try:
@@ -107,7 +111,7 @@ class TaskStore(BackbonesMixin, TasksMixin, ExchangeMixin, AliasesMixin):
         file just renamed into place may belong to a ``complete_version`` that has
         not committed yet. The files are listed before the references are read, so
         a file committed in between is seen as referenced. ``training`` versions
-        are left alone (see ``fail_stale``).
+        are left alone (``fail_stale`` marks abandoned ones failed).
         """
         candidates = [entry for entry in self.artifacts.entries() if entry.age_s >= min_age_s]
         with self._reader() as s:

@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import Select, and_, func, select
 from sqlalchemy.orm import Session
 
 from store import models as m
@@ -20,6 +20,7 @@ from store.artifacts import (
 )
 from store.base import StoreBase, alias_target_join
 from store.errors import ArtifactIntegrityError, InvalidStateError
+from store.liveness import HEARTBEAT_INTERVAL_S, STALE_AFTER_S, Heartbeat
 from store.mapping import version_infos
 from store.names import Ref, check_alias
 from store.records import VersionInfo, VersionRef
@@ -74,6 +75,7 @@ class VersionsMixin(StoreBase):
                 hyperparams=hyperparams,
                 data_fingerprint=data_fingerprint,
                 parent_version=parent,
+                heartbeat_at=m.utcnow(),
             )
             return version_infos(s, [version])[0]
 
@@ -133,25 +135,40 @@ class VersionsMixin(StoreBase):
 
         return self._write(work)
 
-    def fail_stale(self, older_than_s: float) -> list[VersionInfo]:
-        """Mark ``training`` versions begun more than ``older_than_s`` ago as failed (their process died)."""
-        cutoff = m.utcnow() - timedelta(seconds=older_than_s)
+    def beat(self, ref: VersionRef) -> None:
+        """Record that the process training ``ref`` is alive (nothing happens once it has finished)."""
+
+        def work(s: Session) -> None:
+            _, version = self._version(s, ref, lock=True)
+            if version.status == "training":
+                version.heartbeat_at = m.utcnow()
+
+        self._write(work)
+
+    def heartbeat(self, ref: VersionRef, interval_s: float = HEARTBEAT_INTERVAL_S) -> Heartbeat:
+        """A context manager that beats for ``ref`` every ``interval_s`` while the work it wraps runs."""
+        return Heartbeat(lambda: self.beat(ref), interval_s)
+
+    def stale_versions(self, older_than_s: float = STALE_AFTER_S) -> list[VersionInfo]:
+        """``training`` versions whose process gave no sign of life for more than ``older_than_s``."""
+        with self._reader() as s:
+            return version_infos(s, s.scalars(_stale_query(older_than_s)).all())
+
+    def fail_stale(self, older_than_s: float = STALE_AFTER_S) -> list[VersionInfo]:
+        """Mark abandoned ``training`` versions failed (see ``stale_versions``), with the reason.
+
+        Writes only when there is one, so that listing a read-only store still works.
+        """
+        if not self.stale_versions(older_than_s):
+            return []
+        reason = f"abandoned: no heartbeat from its training process for more than {older_than_s:g} s"
 
         def work(s: Session) -> list[VersionInfo]:
-            stale = s.scalars(
-                select(m.TaskVersion)
-                .where(
-                    m.TaskVersion.status == "training",
-                    m.TaskVersion.deleted_at.is_(None),
-                    m.TaskVersion.created_at < cutoff,
-                )
-                .order_by(m.TaskVersion.id)
-                .with_for_update()
-            ).all()
+            stale = s.scalars(_stale_query(older_than_s).with_for_update()).all()
             now = m.utcnow()
             for version in stale:
                 version.status = "failed"
-                version.failure_reason = f"abandoned: still training more than {older_than_s:g} s after it began"
+                version.failure_reason = reason
                 version.finished_at = now
             s.flush()
             return version_infos(s, stale)
@@ -258,3 +275,17 @@ class VersionsMixin(StoreBase):
             key = artifact_key(version.artifact_sha256, suffix_of(version.artifact_uri))
             sha256 = version.artifact_sha256
         return self.artifacts.verified_path(key, sha256)
+
+
+def _stale_query(older_than_s: float) -> Select[tuple[m.TaskVersion]]:
+    """Training versions whose last heartbeat (or start, for rows from before heartbeats) is too old."""
+    cutoff = m.utcnow() - timedelta(seconds=older_than_s)
+    return (
+        select(m.TaskVersion)
+        .where(
+            m.TaskVersion.status == "training",
+            m.TaskVersion.deleted_at.is_(None),
+            func.coalesce(m.TaskVersion.heartbeat_at, m.TaskVersion.created_at) < cutoff,
+        )
+        .order_by(m.TaskVersion.id)
+    )

@@ -149,18 +149,25 @@ def pretrain_config(
 
 
 def pretrain_backbone_with_progress(store: TaskStore, name: str, config: PretrainConfig) -> BackboneInfo:
-    """Pretrain and register backbone `name`, with a progress bar on stderr."""
+    """Pretrain and register backbone `name`, with a progress bar on stderr once it starts (refusals print only their line)."""
     from tqdm import tqdm
 
     from continual_mem import services
 
-    with tqdm(total=config.epochs, desc=f"pretrain {name}", unit="epoch", file=sys.stderr) as bar:
+    bars: list[tqdm] = []
 
-        def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
-            bar.update(1)
+    def on_start() -> None:
+        bars.append(tqdm(total=config.epochs, desc=f"pretrain {name}", unit="epoch", file=sys.stderr))
 
-        return services.pretrain_and_add_backbone(store, name, config, on_epoch)
+    def on_epoch(epoch: int, loss: float, accuracy: float) -> None:
+        bars[0].set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
+        bars[0].update(1)
+
+    try:
+        return services.pretrain_and_add_backbone(store, name, config, on_epoch, on_start)
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 COMMANDS = [backbone]

@@ -10,6 +10,7 @@ import click
 from continual_mem.units import human_size
 
 from .backbone import pretrain_backbone_with_progress, pretrain_config
+from .options import at_least_one
 from .output import Table, metric
 from .root import App, pass_app
 from .task import train_with_progress
@@ -33,10 +34,11 @@ def _step(message: str) -> None:
 @pass_app
 def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> None:
     """Pretrain a tiny ViT, grow it into 3 tasks, deploy them and answer all of them in one pass."""
+    at_least_one(epochs=epochs, memory=memory, pretrain_epochs=pretrain_epochs)
     started = time.perf_counter()
     store = app.open_store(create=True)
     from continual_mem import services
-    from continual_mem.data import load_source
+    from continual_mem.data import source_class_names
     from continual_mem.train import TrainConfig
 
     _step(f"1. backbone {DEMO_BACKBONE} (store: {store.home})")
@@ -58,7 +60,7 @@ def demo(app: App, epochs: int, memory: int, pretrain_epochs: int | None) -> Non
         try:
             store.get_task(name)
         except NotFoundError:
-            store.register_task(name, DEMO_BACKBONE, load_source(source).class_names, description)
+            store.register_task(name, DEMO_BACKBONE, source_class_names(source), description)
         request = services.TrainRequest(name, source, memory, "reuse", 0.2, False, TrainConfig(epochs=epochs, seed=0))
         version, metrics = train_with_progress(store, request, DistContext())
         click.echo(f"{version.ref}: val accuracy {metrics['val_accuracy']:.3f} ({metrics['train_seconds']:.1f} s)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .options import at_least_one, max_pixels_option
 from .output import Table, emit, json_option
 from .root import App, pass_app
 
@@ -16,6 +17,7 @@ from .root import App, pass_app
 @click.option("--alias", default=None, help="Every task deployed under this alias (default: production).")
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@max_pixels_option
 @json_option
 @pass_app
 def predict(
@@ -25,6 +27,7 @@ def predict(
     alias: str | None,
     top_k: int,
     batch_size: int,
+    max_pixels: int | None,
     as_json: bool,
 ) -> None:
     """Answer every requested task for images PATHS (files or folders) in ONE backbone pass per batch.
@@ -34,14 +37,14 @@ def predict(
     """
     if tasks and alias:
         raise click.ClickException("give --task or --alias, not both")
-    if top_k < 1:
-        raise click.ClickException(f"--top-k must be at least 1, got {top_k}")
+    at_least_one(top_k=top_k, batch_size=batch_size, max_pixels=max_pixels)
     store = app.open_store()
     from continual_mem import services
+    from continual_mem.images import MAX_PIXELS
 
     refs = list(tasks) if tasks else services.deployed_refs(store, alias or "production")
     loaded = services.load_versions(store, refs)
-    files, images = services.load_image_files(paths)
+    files, images = services.load_image_files(paths, max_pixels or MAX_PIXELS)
     answers, passes = services.predict(loaded, images, top_k=top_k, batch_size=batch_size)
     full = [t for t, v in loaded.versions.items() if v.mode == "full"]
     per_image = [
@@ -81,14 +84,17 @@ def predict(
 @click.argument("ref")
 @click.option("--data", "data_source", required=True, help="Labelled data with the task's classes.")
 @click.option("--skip-bad", is_flag=True)
+@max_pixels_option
 @json_option
 @pass_app
-def eval_cmd(app: App, ref: str, data_source: str, skip_bad: bool, as_json: bool) -> None:
+def eval_cmd(app: App, ref: str, data_source: str, skip_bad: bool, max_pixels: int | None, as_json: bool) -> None:
     """Accuracy, per-class accuracy and confusion matrix of REF (NAME, NAME@V, NAME@ALIAS); kept in the store."""
+    at_least_one(max_pixels=max_pixels)
     store = app.open_store()
     from continual_mem import services
+    from continual_mem.images import MAX_PIXELS
 
-    result = services.evaluate_version(store, ref, data_source, skip_bad)
+    result = services.evaluate_version(store, ref, data_source, skip_bad, max_pixels=max_pixels or MAX_PIXELS)
 
     def show() -> None:
         click.echo(

@@ -3,12 +3,16 @@ and how errors reach the user (one `Error: ...` line for the project's own error
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from continual_mem.errors import Terminated
 
 if TYPE_CHECKING:
     from store import TaskStore
@@ -37,6 +41,11 @@ def one_line(message: object) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+def user_message(exc: BaseException) -> str:
+    """What the user reads: the database's own words for a database error, without SQL and parameters."""
+    return one_line(getattr(exc, "orig", None) or exc)
+
+
 class CmemGroup(click.Group):
     """The root group: typed errors from anywhere below become one `Error: ...` line."""
 
@@ -45,11 +54,13 @@ class CmemGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except Terminated:
+            raise click.ClickException("terminated") from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None
         except Exception as exc:
             if isinstance(exc, _user_error_types()):
-                raise click.ClickException(one_line(exc)) from None
+                raise click.ClickException(user_message(exc)) from None
             raise
 
 
@@ -70,7 +81,7 @@ class App:
         """The task store; `create` makes a new one (and upgrades an old schema, as `cmem init`)."""
         if self._store is not None:
             return self._store
-        if not create and self.db_url is None and not self.default_db.is_file():
+        if not create and self.db_url is None and not _holds_data(self.default_db):
             raise click.ClickException(f"no store in {self.home} (run `cmem init`, or set --home / CMEM_HOME)")
         from store import TaskStore
 
@@ -81,6 +92,11 @@ class App:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def _holds_data(db: Path) -> bool:
+    """A store's SQLite file: an empty file is none (SQLite would write to it on open)."""
+    return db.is_file() and db.stat().st_size > 0
 
 
 pass_app = click.make_pass_decorator(App)
@@ -124,4 +140,10 @@ def cli(ctx: click.Context, home: Path, db_url: str | None, artifact_root: str |
 
 
 def main() -> None:
+    """The `cmem` program: SIGTERM (`kill`, `timeout`, a scheduler) stops a command as Ctrl-C does."""
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="cmem")
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()

@@ -104,6 +104,15 @@ def _load_backbone(kind: str) -> Any:
     return create_backbone(pretrain.DEMO_MODEL, num_classes=8, **RANDOM_BACKBONE).eval()
 
 
+def _check_memory_sizes(model: Any, specs: list[Any]) -> None:
+    """Refuse memory strategies with more memory tokens than the backbone has tokens per image."""
+    from continual_mem.model import check_memory_tokens
+
+    for spec in specs:
+        if spec.name == "memory":
+            check_memory_tokens(model, spec.memory)
+
+
 def _parse_ints(text: str | None, what: str) -> list[int] | None:
     if not text:
         return None
@@ -181,8 +190,11 @@ def _scenario_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _scenario_key(name: str, protocol: str, class_order: str | None, limit: int | None, download: bool) -> Any:
+    """What builds the scenario, its name and options checked (before any backbone is loaded)."""
+    from scenarios.benchmarks import check_scenario_name
     from scenarios.runner import ScenarioKey
 
+    check_scenario_name(name)
     order = _parse_ints(class_order, "--class-order")
     return ScenarioKey(name, protocol, tuple(order) if order else None, limit, download)
 
@@ -248,12 +260,16 @@ def run_command(
     torchvision:SET[:ROOT] (MNIST, FashionMNIST, CIFAR10, CIFAR100 already on disk).
     """
     with _clean_errors():
+        from continual_mem.train import check_device
         from scenarios.runner import StrategySpec, run_strategy
 
         spec = StrategySpec.parse(strategy_name, memory)
+        key = _scenario_key(name, protocol, class_order, limit_per_class, download)
+        check_device(device)
         store = _open_store(ctx)
         model = _load_backbone(backbone)
-        scenario = _scenario_key(name, protocol, class_order, limit_per_class, download).build(model)
+        _check_memory_sizes(model, [spec])
+        scenario = key.build(model)
         result = run_strategy(scenario, spec, model, _budget(epochs, seed, False), device, route, progress)
         result.config["backbone"] = backbone
         run_id = _record(store, result)
@@ -316,6 +332,7 @@ def compare_command(
     with _clean_errors():
         import torch
 
+        from continual_mem.train import check_device
         from scenarios.report import comparison_table, write_report
         from scenarios.runner import RunRequest, StrategySpec, compare_specs, run_requests
 
@@ -324,19 +341,21 @@ def compare_command(
         wanted = {StrategySpec.parse(s).label for s in strategies.split(",")} if strategies else None
         budget = _budget(epochs, seed, quick)
         limit = limit_per_class if limit_per_class is not None else (QUICK_LIMIT_PER_CLASS if quick else None)
+        keys = [_scenario_key(name, proto, class_order, limit, download) for proto in protocols]
+        check_device(device)
         store = _open_store(ctx)
         model = _load_backbone(backbone)
         requests = []
-        for proto in protocols:
-            key = _scenario_key(name, proto, class_order, limit, download)
+        for key in keys:
             key.build(model)  # fail here, in one line, rather than in a worker
             requests += [
                 RunRequest(key, spec, budget, device, route)
-                for spec in compare_specs(proto, sizes)
+                for spec in compare_specs(key.protocol, sizes)
                 if wanted is None or spec.label in wanted
             ]
         if not requests:
             raise click.ClickException("no strategy selected: check --strategies and --protocol")
+        _check_memory_sizes(model, [request.spec for request in requests])
         ids: dict[int, int | None] = {}
 
         def keep(request: Any, result: Any) -> None:
@@ -440,7 +459,10 @@ def results_command(
         if render_only:
             document = render_results(report_dir)
         else:
+            from continual_mem.train import check_device
+
             seed_list = _parse_ints(seeds, "--seeds") or [0]
+            check_device(device)
             store = _open_store(ctx)
             model = _load_backbone(backbone)
             command = f"cmem scenario results --seeds {','.join(map(str, seed_list))} --backbone {backbone}"

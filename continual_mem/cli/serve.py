@@ -73,9 +73,8 @@ def serve(
     has received.
     """
     from continual_mem.serve import ServeConfig, run
+    from continual_mem.train import check_device
     from store.names import check_alias
-
-    from .task import check_device
 
     check_alias(alias)
     check_device(device)

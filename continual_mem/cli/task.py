@@ -10,6 +10,7 @@ import click
 
 from continual_mem.units import human_size
 
+from .options import at_least_one, max_pixels_option
 from .output import Table, emit, fmt, json_option, metric
 from .root import App, pass_app
 
@@ -48,9 +49,9 @@ def task_register(
     if classes is not None:
         class_names = [c.strip() for c in classes.split(",")]
     else:
-        from continual_mem.data import load_source
+        from continual_mem.data import source_class_names
 
-        class_names = load_source(data_source).class_names  # type: ignore[arg-type]
+        class_names = source_class_names(data_source)  # type: ignore[arg-type]
     info = store.register_task(name, backbone_name, class_names, description)
     classes_text = ", ".join(info.class_names)
     emit(
@@ -84,6 +85,7 @@ def task_show(app: App, name: str, as_json: bool) -> None:
     """One task: classes, aliases, tags and its versions."""
     store = app.open_store()
     info = store.get_task(name)
+    store.fail_stale()  # a version whose training process died is shown failed, with the reason
     versions = store.list_versions(name, include_deleted=True)
 
     def show() -> None:
@@ -127,8 +129,10 @@ def versions_table(versions: Sequence[VersionInfo]) -> Table:
 @json_option
 @pass_app
 def task_versions(app: App, name: str, status: str | None, include_deleted: bool, as_json: bool) -> None:
-    """A task's versions, oldest first."""
-    versions = app.open_store().list_versions(name, status=status, include_deleted=include_deleted)
+    """A task's versions, oldest first (a version whose training process died is marked failed)."""
+    store = app.open_store()
+    store.fail_stale()
+    versions = store.list_versions(name, status=status, include_deleted=include_deleted)
     emit(as_json, versions, versions_table(versions))
 
 
@@ -136,8 +140,18 @@ def task_versions(app: App, name: str, status: str | None, include_deleted: bool
 @click.argument("ref")
 @pass_app
 def task_delete(app: App, ref: str) -> None:
-    """Delete version REF (NAME@V); its number is never reused."""
-    info = app.open_store().delete_version(ref)
+    """Delete version REF (NAME@V, the number given explicitly); its number is never reused."""
+    from store.names import parse_ref
+
+    store = app.open_store()
+    parsed = parse_ref(ref)
+    if parsed.number is None:
+        versions = store.list_versions(parsed.task)
+        example = f"{parsed.task}@{versions[-1].number if versions else 1}"
+        raise click.ClickException(
+            f"give the version to delete, e.g. {example}: `task delete` removes one version, named by its number"
+        )
+    info = store.delete_version(ref)
     click.echo(f"Deleted {info.ref}")
 
 
@@ -156,13 +170,6 @@ def task_tag(app: App, name: str, tag: str, version: int | None) -> None:
 
 
 # ------------------------------------------------------------------------------------- training
-def check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise click.ClickException("--device cuda: no CUDA device is available here")
-
-
 @task.command("train")
 @click.argument("name")
 @click.option(
@@ -180,6 +187,7 @@ def check_device(device: str) -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--amp", is_flag=True, help="Mixed precision (bf16 on CPU, fp16 on CUDA).")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of refusing the data.")
+@max_pixels_option
 @json_option
 @pass_app
 def task_train(
@@ -198,21 +206,21 @@ def task_train(
     device: str,
     amp: bool,
     skip_bad: bool,
+    max_pixels: int | None,
     as_json: bool,
 ) -> None:
     """Train a new version of task NAME (runs unchanged under torchrun)."""
+    at_least_one(max_pixels=max_pixels)
     from continual_mem import services
-    from continual_mem.errors import ContinualMemError
+    from continual_mem.images import MAX_PIXELS
     from continual_mem.train import TrainConfig, init_distributed
 
-    check_device(device)
-    try:
-        config = TrainConfig(
-            epochs=epochs, steps=steps, lr=lr, head_lr=head_lr, batch_size=batch_size, seed=seed, device=device, amp=amp
-        )
-    except ValueError as exc:
-        raise ContinualMemError(str(exc)) from None
-    request = services.TrainRequest(name, data_source, memory, mode, val_split, skip_bad, config)
+    config = TrainConfig(  # refuses bad values and a device that is not here (ConfigError)
+        epochs=epochs, steps=steps, lr=lr, head_lr=head_lr, batch_size=batch_size, seed=seed, device=device, amp=amp
+    )
+    request = services.TrainRequest(
+        name, data_source, memory, mode, val_split, skip_bad, config, max_pixels or MAX_PIXELS
+    )
     store = app.open_store()
     ctx = init_distributed(device)
     try:

@@ -23,14 +23,13 @@ from starlette.requests import Request
 
 from continual_mem.images import ImageError, ImageTooLargeError, UnsupportedImageError, decode_image
 from store import NotFoundError, StoreError
-from store.names import parse_ref
+from store.names import MAX_VERSION, parse_ref
 
 from .config import ServeConfig
 from .snapshot import LoadError, ServedTask, Snapshot, SnapshotLoader
 
 MAX_TASKS_PER_REQUEST = 256
 MAX_FIELD_BYTES = 64 * 1024
-MAX_VERSION = 2**31 - 1
 _PRINTABLE = re.compile(r"[^\w.\- ]")
 
 

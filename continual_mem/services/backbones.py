@@ -16,6 +16,7 @@ from store import BackboneInfo, TaskStore
 
 from ..adapter import BackboneIdentity
 from ..backbone import backbone_config, checkpoint_head_size, create_backbone, fingerprint
+from ..data import load_source
 from ..errors import BackboneMismatchError, ContinualMemError
 from ..pretrain import PretrainConfig, pretrain_backbone, save_backbone
 
@@ -65,10 +66,17 @@ def pretrain_and_add_backbone(
     name: str,
     config: PretrainConfig = PretrainConfig(),
     on_epoch: Callable[[int, float, float], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> BackboneInfo:
-    """Pretrain a small ViT here (no hub reaches this machine) and keep it like any backbone."""
+    """Pretrain a small ViT here (no hub reaches this machine) and keep it like any backbone.
+
+    `on_start` is called once the name and the data are checked, as the pretraining starts.
+    """
     _ensure_new_backbone(store, name)
-    model, metrics = pretrain_backbone(config, on_epoch)
+    data = load_source(config.data)
+    if on_start is not None:
+        on_start()
+    model, metrics = pretrain_backbone(config, on_epoch, data=data)
     kwargs = {**dict(config.model_kwargs), "num_classes": int(model.num_classes)}
     extra = {"source": f"pretrained here on {config.data}", "pretrain": {**asdict(config), "metrics": metrics}}
     extra["pretrain"]["model_kwargs"] = dict(config.model_kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -11,9 +12,10 @@ from store import TaskStore, VersionInfo
 
 from ..adapter import MODES
 from ..data import InputSpec, LabeledImages, load_source, split_train_val
-from ..errors import ContinualMemError
+from ..errors import ContinualMemError, Terminated
+from ..images import MAX_PIXELS
 from ..model import MemoryViT
-from ..train import DistContext, Progress, TrainConfig, fit_task, seed_everything
+from ..train import DistContext, Progress, TrainConfig, check_training_fits, fit_task, seed_everything
 from .backbones import load_backbone
 
 
@@ -26,6 +28,7 @@ class TrainRequest:
     val_split: float = 0.1
     skip_bad: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
+    max_pixels: int = MAX_PIXELS
 
     def check(self) -> None:
         if self.memory < 1:
@@ -34,10 +37,20 @@ class TrainRequest:
             raise ContinualMemError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 
 
-def load_task_data(store: TaskStore, task: str, source: str, skip_bad: bool = False) -> LabeledImages:
-    """Read a data source and check its classes are the task's, in the same order."""
+def load_task_data(
+    store: TaskStore,
+    task: str,
+    source: str,
+    skip_bad: bool = False,
+    side: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> LabeledImages:
+    """Read a data source and check its classes are the task's, in the same order.
+
+    Images of a folder are resized one by one to `side` (give the backbone's input side).
+    """
     classes = store.get_task(task).class_names
-    data = load_source(source, skip_bad=skip_bad)
+    data = load_source(source, skip_bad=skip_bad, side=side, max_pixels=max_pixels)
     if data.class_names != classes:
         raise ContinualMemError(
             f"the classes of {source} ({', '.join(data.class_names)}) are not those of task {task!r} "
@@ -54,20 +67,23 @@ def train_version(
 ) -> tuple[VersionInfo | None, dict[str, float]]:
     """Train a new version of a task. Under torchrun every rank reads the store; rank 0 alone writes.
 
-    Everything that can be refused (task, data, backbone) is checked before the version row is
-    created; after that, any failure or Ctrl-C marks the version `failed`, never half-ready.
+    Everything that can be refused (task, backbone, data, memory size and the memory it needs) is
+    checked before the version row is created; after that, any failure, Ctrl-C or SIGTERM marks
+    the version `failed`, never half-ready. While it trains, the version's heartbeat says the
+    process is alive (a process killed outright stops beating; see `TaskStore.fail_stale`).
     """
     request.check()
     task = store.get_task(request.task)
-    data = load_task_data(store, request.task, request.data, request.skip_bad)
     vit, identity = load_backbone(store, task.backbone)
-    train, val = split_train_val(data, request.val_split, request.config.seed)
     spec = InputSpec.from_backbone(vit)
+    data = load_task_data(store, request.task, request.data, request.skip_bad, spec.img_size, request.max_pixels)
+    train, val = split_train_val(data, request.val_split, request.config.seed)
     model = MemoryViT(vit, identity)
     seed_everything(request.config.seed)  # the new adapter's initial values too: same seed, same result
     model.add_task(
         request.task, len(data.class_names), num_memory=request.memory, mode=request.mode, class_names=data.class_names
     )  # type: ignore[arg-type]
+    check_training_fits(model, request.task, request.config)
     version = None
     if ctx.is_main:
         hyper = {
@@ -78,16 +94,17 @@ def train_version(
         }
         version = store.begin_version(request.task, request.mode, request.memory, hyper, data.fingerprint())
     try:
-        result = fit_task(
-            model,
-            request.task,
-            spec(train.images),
-            train.labels,
-            request.config,
-            val=(spec(val.images), val.labels),
-            on_step=on_step,
-            ctx=ctx,
-        )
+        with store.heartbeat(version) if version is not None else nullcontext():
+            result = fit_task(
+                model,
+                request.task,
+                spec(train.images),
+                train.labels,
+                request.config,
+                val=(spec(val.images), val.labels),
+                on_step=on_step,
+                ctx=ctx,
+            )
         metrics = {**result.metrics, "train_samples": len(train), "val_samples": len(val)}
         if version is not None:
             with tempfile.TemporaryDirectory() as tmp:
@@ -96,6 +113,14 @@ def train_version(
         return version, metrics
     except BaseException as exc:
         if version is not None:
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
-            store.fail_version(version, reason[:500])
+            store.fail_version(version, failure_reason(exc))
         raise
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a version failed, as kept in the store: `terminated` (SIGTERM), `interrupted` (Ctrl-C), or the error."""
+    if isinstance(exc, Terminated):
+        return "terminated"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(exc).__name__}: {exc}"[:500]
