@@ -424,6 +424,10 @@ class InputSpec:
         std = images.new_tensor(self.std).view(1, -1, 1, 1)
         return (images - mean) / std
 
+    def one(self, image: Tensor) -> Tensor:
+        """One image (C, H, W) in [0, 1] -> its model input (a per-sample transform)."""
+        return self(image.unsqueeze(0))[0]
+
 
 def split_train_val(data: LabeledImages, val_fraction: float, seed: int) -> tuple[LabeledImages, LabeledImages]:
     """A stratified, seeded train/validation split."""
