@@ -107,6 +107,9 @@ def test_split_digits_on_a_registered_backbone(home, weights, tmp_path) -> None:
         assert record.metrics["model_input_size"] == [48, 48]  # measured at the ViT's patch embedding
         assert record.config["budget"]["batch_size"] == 8 and record.config["budget"]["eval_batch_size"] == 32
     assert runs["task", "memory-2"]["metrics"]["forgetting"] == 0.0
+    table = ok(home, "scenario", "runs").output.splitlines()
+    assert table[0].split()[:5] == ["id", "scenario", "protocol", "strategy", "backbone"]
+    assert [line.split()[1:5] for line in table[-4:]] == [["split-digits", p, s, "reg48"] for p, s in runs]
 
     report = tmp_path / "report"
     ok(

@@ -603,16 +603,24 @@ def runs_command(ctx: click.Context, scenario: str | None, strategy: str | None,
             click.echo("no scenario runs")
             return
         click.echo(
-            f"{'id':>4}  {'scenario':<14} {'protocol':<8} {'strategy':<12} {'avg acc':>8} {'forget':>7} {'wall':>7}  created"
+            f"{'id':>4}  {'scenario':<14} {'protocol':<8} {'strategy':<12} {'backbone':<10} {'avg acc':>8} "
+            f"{'forget':>7} {'wall':>7}  created"
         )
         for r in runs:
             m = r.metrics
             click.echo(
-                f"{r.id:>4}  {r.scenario:<14} {r.protocol:<8} {r.strategy:<12} {100 * m.get('average_accuracy', 0):7.1f}% "
-                f"{100 * m.get('forgetting', 0):6.1f}% {r.wall_time_s or 0:6.0f}s  {r.created_at:%Y-%m-%d %H:%M}"
+                f"{r.id:>4}  {r.scenario:<14} {r.protocol:<8} {r.strategy:<12} {_backbone_name(r.config):<10} "
+                f"{100 * m.get('average_accuracy', 0):7.1f}% {100 * m.get('forgetting', 0):6.1f}% "
+                f"{r.wall_time_s or 0:6.0f}s  {r.created_at:%Y-%m-%d %H:%M}"
             )
 
     emit(as_json, runs, show)
+
+
+def _backbone_name(config: dict[str, Any]) -> str:
+    """The recorded backbone's name (runs recorded before issue 15 kept only `demo` or `random`)."""
+    backbone = config.get("backbone", "-")
+    return str(backbone.get("name") if isinstance(backbone, dict) else backbone)
 
 
 @scenario_group.command("results")
