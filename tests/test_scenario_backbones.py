@@ -282,6 +282,18 @@ def test_bad_input_is_one_line_and_records_nothing(home, bad_weights, case) -> N
     assert len(recorded(home)) == before
 
 
+@pytest.mark.parametrize("command", [["compare", "split-digits", "--jobs", "1"], ["results", "--quick"]])
+@pytest.mark.parametrize(
+    ("args", "message"), [(["--backbone", "nope"], "unknown backbone 'nope'"), (["--amp"], "--amp")]
+)
+def test_compare_and_results_refuse_bad_input_the_same_way(home, tmp_path, command, args, message) -> None:
+    before = len(recorded(home))
+    result = cmem(home, "scenario", *command, *args, "--report-dir", str(tmp_path / "report"))
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
+    assert len(recorded(home)) == before and not (tmp_path / "report").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_is_refused_where_there_is_none(home) -> None:
     result = cmem(home, "scenario", "run", "split-digits", "-s", "memory", "--backbone", "reg48", "--device", "cuda")
