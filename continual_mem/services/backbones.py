@@ -143,7 +143,7 @@ def resolve_backbone(store: TaskStore | None, name: str) -> tuple[VisionTransfor
     """A built-in backbone (`BUILTIN_BACKBONES`), or one registered in `store` (its weights checked)."""
     if name == "demo":
         model = pretrain.demo_backbone()
-        return model, _provenance(model, "demo", f"pretrained here on {pretrain.DEMO_DATA} (the demo backbone)")
+        return model, _provenance(model, "demo", f"pretraining here on {pretrain.DEMO_DATA}, cached")
     if name == "random":
         model = _random_backbone()
         return model, _provenance(model, "random", "random init (seed 0)")
