@@ -266,7 +266,7 @@ def _setup_lines(
         f"(α = {LWF_ALPHA:g}, T = {LWF_TEMPERATURE:g}), Replay ({REPLAY_MEMORY} samples, experience-balanced) "
         "and Cumulative (joint upper bound) fine-tune the whole ViT with Avalanche's multi-head (task protocol) "
         "or incremental (class protocol) classifier; Full = per-task full fine-tuning (one ViT copy per task); "
-        "NCM = scikit-learn NearestCentroid on the frozen, L2-normalised features; L2P = Avalanche's "
+        "NCM = nearest class mean (scikit-learn NearestCentroid's centroids) on the frozen, L2-normalised features; L2P = Avalanche's "
         f"LearningToPrompt (pool {POOL_SIZE}, length {PROMPT_LENGTH}, top-{TOP_K}) on our backbone through "
         "`scenarios/l2p.py`."
     )
