@@ -376,3 +376,16 @@ def test_results_document_names_the_backbone_and_where_its_weights_came_from(tmp
     assert "split-digits: 8x8 px, 1 channel -> 48x48 px, 3 channels" in doc
     assert "--device cuda --amp` on 2026-01-01 00:00 UTC in 1.0 min (x86_64, 16 CPU cores" in doc
     assert "NVIDIA H100 80GB HBM3)" in doc
+
+
+def test_a_registered_backbone_whose_stored_weights_changed_is_refused(tmp_path, weights) -> None:
+    home = tmp_path / "home"
+    ok(home, "init")
+    ok(home, "backbone", "add", "reg48", "--model", ARCH, "--weights", str(weights), *model_args(GEOMETRY))
+    with TaskStore(home) as store:
+        stored = store.backbone_weights_path("reg48")
+    stored.chmod(0o644)
+    save_weights(tiny_vit(ARCH, seed=1, num_classes=7, **GEOMETRY), stored)  # same shapes, other values
+    result = cmem(home, "scenario", "run", "split-digits", "-s", "ncm", "--backbone", "reg48", *QUICK)
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and len(result.output.splitlines()) == 1
+    assert "sha256" in result.output and recorded(home) == []
