@@ -77,16 +77,19 @@ def add_backbone(
 
     Whatever the source, the store keeps the weights as one safetensors file.
     """
-    kwargs = dict(model_kwargs or {})
     _ensure_new_backbone(store, name)
-    if weights is not None and "num_classes" not in kwargs:
-        head = checkpoint_head_size(weights)
-        if head is not None:
-            kwargs["num_classes"] = head
+    kwargs = _with_head_of(weights, model_kwargs) if weights is not None else dict(model_kwargs or {})
     model = create_backbone(model_name, weights=weights, pretrained=not random_init and weights is None, **kwargs)
     kwargs["num_classes"] = int(model.num_classes)
     source = str(weights) if weights else ("random init" if random_init else "model hub")
     return _register(store, name, model_name, model, kwargs, {"source": source})
+
+
+def _with_head_of(weights: Path, model_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The model's keyword arguments, with a head of the weight file's size unless they set one."""
+    kwargs = dict(model_kwargs or {})
+    head = checkpoint_head_size(weights) if "num_classes" not in kwargs else None
+    return kwargs if head is None else {**kwargs, "num_classes": head}
 
 
 def pretrain_and_add_backbone(
@@ -147,8 +150,12 @@ def resolve_backbone(store: TaskStore | None, name: str) -> tuple[VisionTransfor
     if name == "random":
         model = _random_backbone()
         return model, _provenance(model, "random", "random init (seed 0)")
+    if store is None:
+        raise ContinualMemError(
+            f"unknown backbone {name!r}: not {', '.join(BUILTIN_BACKBONES)}, and no task store to look it up in"
+        )
     info = _registered(store, name)
-    model, identity = load_backbone(store, name)  # type: ignore[arg-type]  # _registered checked it
+    model, identity = load_backbone(store, name)
     source = str(info.config.get("source", "unknown"))
     return model, Provenance(name, identity.name, identity.sha256, source)
 
@@ -160,17 +167,15 @@ def _random_backbone() -> VisionTransformer:
     return create_backbone(pretrain.DEMO_MODEL, num_classes=8, **RANDOM_BACKBONE).eval()
 
 
-def _registered(store: TaskStore | None, name: str) -> BackboneInfo:
+def _registered(store: TaskStore, name: str) -> BackboneInfo:
     from store import NotFoundError
 
-    known = ", ".join(BUILTIN_BACKBONES)
-    if store is None:
-        raise ContinualMemError(f"unknown backbone {name!r}: not {known}, and no task store to look it up in")
     try:
         return store.get_backbone(name)
     except NotFoundError:
         raise ContinualMemError(
-            f"unknown backbone {name!r}: not {known} or a backbone of the store (see `cmem backbone list`)"
+            f"unknown backbone {name!r}: not {', '.join(BUILTIN_BACKBONES)} or a backbone of the store "
+            "(see `cmem backbone list`)"
         ) from None
 
 
@@ -179,12 +184,7 @@ def one_off_backbone(
 ) -> tuple[VisionTransformer, Provenance]:
     """A timm model with a local weights file, loaded as `cmem backbone add --weights` loads it, without
     registering it (its head is sized from the file)."""
-    kwargs = dict(model_kwargs or {})
-    if "num_classes" not in kwargs:
-        head = checkpoint_head_size(weights)
-        if head is not None:
-            kwargs["num_classes"] = head
-    model = create_backbone(model_name, weights=weights, **kwargs).eval()
+    model = create_backbone(model_name, weights=weights, **_with_head_of(weights, model_kwargs)).eval()
     return model, _provenance(model, weights.name, str(weights.resolve()))
 
 
