@@ -195,7 +195,7 @@ def from_labeled_images(
         source=train.source,
         train_size=len(train),
         test_size=len(test),
-        details={**(details or {}), "input": input_details(train.images, input_spec, per_image)},
+        details={**(details or {}), "input": input_details(train, input_spec, per_image)},
     )
 
 
@@ -215,14 +215,16 @@ def _model_input(images: Tensor, input_spec: InputSpec, chunk: int = 2048) -> Te
     return torch.cat([input_spec(images[i : i + chunk]) for i in range(0, len(images), chunk)])
 
 
-def input_details(images: Tensor, input_spec: InputSpec, per_image: bool) -> dict[str, object]:
+def input_details(data: LabeledImages, input_spec: InputSpec, per_image: bool) -> dict[str, object]:
     """What was resized to what (kept with every run, printed in reports).
 
-    A folder's images are first made square at the largest side among them: that is their native size here.
+    The native size is the images' own, or for a folder (whose images are resized one by one as they
+    are loaded) the largest among them.
     """
+    native = data.native_size or tuple(data.images.shape[-2:])
     return {
-        "native_size": [int(images.shape[-2]), int(images.shape[-1])],
-        "native_channels": int(images.shape[1]),
+        "native_size": [int(native[0]), int(native[1])],
+        "native_channels": int(data.images.shape[1]),
         "model_size": [input_spec.img_size, input_spec.img_size],
         "model_channels": input_spec.in_chans,
         "mean": list(input_spec.mean),

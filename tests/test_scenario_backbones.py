@@ -263,7 +263,7 @@ BAD_INPUT = {
         "no class token",
     ),
     "amp without cuda": (["--backbone", "reg48", "--amp"], "--amp"),
-    "unknown device": (["--backbone", "reg48", "--device", "tpu"], "--device"),
+    "unknown device": (["--backbone", "reg48", "--device", "tpu"], "device 'tpu' is not a device"),
     "backbone and model": (["--backbone", "reg48", "--model", ARCH, "--weights", "{wider}"], "not both"),
     "weights without model": (["--weights", "{wider}"], "--weights needs --model"),
     "zero batch size": (["--backbone", "reg48", "--batch-size", "0"], "--batch-size must be at least 1"),
@@ -297,7 +297,7 @@ def test_compare_and_results_refuse_bad_input_the_same_way(home, tmp_path, comma
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_is_refused_where_there_is_none(home) -> None:
     result = cmem(home, "scenario", "run", "split-digits", "-s", "memory", "--backbone", "reg48", "--device", "cuda")
-    assert result.exit_code == 1 and result.output.strip() == "Error: --device cuda: no CUDA device is available here"
+    assert result.exit_code == 1 and result.output.strip() == "Error: device 'cuda': no CUDA device is available here"
 
 
 @pytest.mark.parametrize("name", ["demo", "random"])
@@ -346,14 +346,15 @@ def test_amp_runs_in_bf16(protocol, strategy) -> None:
 
 # ------------------------------------------------------------------------------------ docs/results.md
 def test_results_document_names_the_backbone_and_where_its_weights_came_from(tmp_path) -> None:
-    from continual_mem.data import InputSpec
+    from continual_mem.data import InputSpec, LabeledImages
     from scenarios.benchmarks import input_details
     from scenarios.results import ALL_RESULTS, backbone_facts, render_results
     from scenarios.runner import Budget, RunResult
 
     backbone = tiny_vit(ARCH, **GEOMETRY)
     provenance = {"name": "vits", "architecture": ARCH, "weights_sha256": "cd" * 32, "source": "/w/vits.safetensors"}
-    digits = input_details(torch.zeros(2, 1, 8, 8), InputSpec.from_backbone(backbone), per_image=False)
+    eight = LabeledImages(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), ["0"], "builtin:digits")
+    digits = input_details(eight, InputSpec.from_backbone(backbone), per_image=False)
     metrics = {"average_accuracy": 0.5, "forgetting": 0.0, "bwt": 0.0, "trainable_params_per_task": 10.0}
     metrics |= {"stored_bytes_per_task": 40.0, "backbone_passes_to_serve_all": 1.0}
     config = {"budget": {"seed": 0}, "backbone": provenance, "input": digits}

@@ -154,17 +154,15 @@ class DeviceChoice:
     eval_batch_size: int | None
 
     def check(self) -> None:
-        """cpu or an available cuda[:N]; `--amp` (bf16 autocast) on CUDA only."""
+        """cpu or an available cuda[:N] (checked as every command checks a device); `--amp` (bf16
+        autocast) on CUDA only."""
         import torch
 
-        try:
-            kind = torch.device(self.device).type
-        except RuntimeError:
-            kind = None
+        from continual_mem.train import check_device
+
+        kind = check_device(self.device).type
         if kind not in DEFAULT_JOBS:
-            raise click.ClickException(f"--device must be cpu or cuda[:N], got {self.device!r}")
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise click.ClickException("--device cuda: no CUDA device is available here")
+            raise click.ClickException(f"--device {self.device}: scenarios run on cpu or cuda[:N]")
         if self.amp and kind != "cuda":
             raise click.ClickException("--amp is bf16 autocast on CUDA only: add --device cuda (CPU runs in float32)")
         if self.amp and not torch.cuda.is_bf16_supported():
