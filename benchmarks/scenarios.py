@@ -52,7 +52,7 @@ def measure(tasks: list[int], batch: int, repeats: int) -> list[dict[str, float 
                     "strategy": name,
                     "tasks": t,
                     "batch": batch,
-                    "backbone_passes": counter[0] / batch,
+                    "backbone_passes": counter.images / batch,
                     "seconds_per_batch": seconds,
                     "images_per_s": batch / seconds,
                 }

@@ -46,13 +46,15 @@ class LabeledImages:
     labels: Tensor
     class_names: list[str]
     source: str
+    native_size: tuple[int, int] | None = None
+    """The largest (H, W) among the images as read, where they were resized on loading (folders)."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, index: Tensor | Sequence[int]) -> LabeledImages:
         index = torch.as_tensor(index, dtype=torch.long)
-        return LabeledImages(self.images[index], self.labels[index], self.class_names, self.source)
+        return LabeledImages(self.images[index], self.labels[index], self.class_names, self.source, self.native_size)
 
     def fingerprint(self) -> str:
         """sha256 of the images, labels and class names: which data a version was trained on."""
@@ -341,6 +343,7 @@ def load_image_folder(
     left without any image is refused either way.
     """
     images, labels, bad = [], [], []
+    native = (0, 0)
     class_files = _class_files(root)
     for label, (class_dir, files) in enumerate(class_files):
         kept = 0
@@ -350,6 +353,7 @@ def load_image_folder(
             except ImageError as exc:
                 bad.append(str(exc))
                 continue
+            native = (max(native[0], image.shape[-2]), max(native[1], image.shape[-1]))
             images.append(_fit_side(image, side))
             labels.append(label)
             kept += 1
@@ -359,7 +363,7 @@ def load_image_folder(
         shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise DataError(f"{len(bad)} unreadable image(s): {shown} (use --skip-bad to skip them)")
     class_names = [class_dir.name for class_dir, _ in class_files]
-    return LabeledImages(_batch_of(images, side), torch.tensor(labels), class_names, str(root))
+    return LabeledImages(_batch_of(images, side), torch.tensor(labels), class_names, str(root), native)
 
 
 def _class_files(root: Path) -> list[tuple[Path, list[Path]]]:
@@ -423,6 +427,10 @@ class InputSpec:
         mean = images.new_tensor(self.mean).view(1, -1, 1, 1)
         std = images.new_tensor(self.std).view(1, -1, 1, 1)
         return (images - mean) / std
+
+    def one(self, image: Tensor) -> Tensor:
+        """One image (C, H, W) in [0, 1] -> its model input (a per-sample transform)."""
+        return self(image.unsqueeze(0))[0]
 
 
 def split_train_val(data: LabeledImages, val_fraction: float, seed: int) -> tuple[LabeledImages, LabeledImages]:

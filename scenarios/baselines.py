@@ -5,7 +5,8 @@
   (class protocol) on its pooled features.
 * Per-task full fine-tuning (`PerTaskFineTune`): a fresh copy of the pretrained backbone and a
   head per task; nothing is forgotten, but serving T tasks costs T backbone passes and T models.
-* NCM: scikit-learn's `NearestCentroid` on the frozen backbone's L2-normalised features; no SGD.
+* NCM: nearest class mean (scikit-learn's `NearestCentroid`) on the frozen backbone's L2-normalised
+  features; no SGD.
 * L2P lives in `scenarios.l2p`; head-only / head+class / memory m in `scenarios.strategy`.
 
 The registry (`scenarios.strategies`) builds them; their hyper-parameters are set there.
@@ -139,8 +140,9 @@ class PerTaskFineTune(MultiTaskModule):
 class NCMModel(MultiTaskModule):
     """Nearest class mean (cosine) on the frozen backbone's features.
 
-    Class means come from scikit-learn's `NearestCentroid`, fitted on each experience's features
-    (a class's mean never depends on other classes, so per-experience fits just add up). Logits are
+    Class means are fitted on each experience's features (a class's mean never depends on other
+    classes, so per-experience fits just add up): the centroids of scikit-learn's `NearestCentroid`
+    (a test checks), computed here because it refuses an experience of a single class. Logits are
     minus the distances to the means; in the task protocol only the sample's own task's means count.
     """
 
@@ -162,11 +164,9 @@ class NCMModel(MultiTaskModule):
             return nn.functional.normalize(pooled_features(self.backbone, x), dim=1)
 
     def add_classes(self, features: Tensor, labels: Tensor, task: int) -> None:
-        from sklearn.neighbors import NearestCentroid
-
-        ncm = NearestCentroid().fit(features.cpu().numpy(), labels.cpu().numpy())
-        centroids = torch.as_tensor(ncm.centroids_, dtype=self.centroids.dtype, device=self.centroids.device)
-        classes = torch.as_tensor(ncm.classes_, dtype=torch.long, device=self.centroids.device)
+        classes = labels.unique().to(self.centroids.device)
+        means = [features[labels == c].mean(dim=0) for c in classes.tolist()]
+        centroids = torch.stack(means).to(dtype=self.centroids.dtype, device=self.centroids.device)
         self.centroids = torch.cat([self.centroids, centroids])
         self.centroid_class = torch.cat([self.centroid_class, classes])
         self.centroid_task = torch.cat([self.centroid_task, torch.full_like(classes, task)])
@@ -199,7 +199,7 @@ class NCMModel(MultiTaskModule):
 
 
 class NCMStrategy(SupervisedTemplate):
-    """Avalanche template whose 'training' is one pass collecting features, then a NearestCentroid fit."""
+    """Avalanche template whose 'training' is one pass collecting features, then the class means."""
 
     def __init__(self, *, model: NCMModel, **kwargs) -> None:
         super().__init__(model=model, optimizer=None, **kwargs)

@@ -1,8 +1,16 @@
 """Class-split scenarios as Avalanche benchmarks (`nc_benchmark` over tensor data sets).
 
 Every scenario splits a labelled image set by classes into experiences, in a fixed class order,
-after a seeded stratified train/test split. Images are turned into the backbone's input once
-(`InputSpec`: resize, channels, normalisation), so the Avalanche data sets hold model input.
+after a seeded stratified train/test split. Images reach the backbone at its own input size, channels
+and normalisation (`InputSpec`, from timm's data config of that backbone), whatever their native
+size: turned into model input once when that fits `PRECOMPUTE_BYTES` (the Avalanche data sets then
+hold model input), else kept at their native size and resized one by one as they are read (an
+Avalanche transform: CIFAR-100 at 224 px would take 36 GB at once). `describe()` says which, and
+what was resized to what.
+
+Classes per experience: as even as possible, the remainder going to the first experience (10
+classes in 3 experiences: 4, 3, 3), or a given number in the first and the rest split evenly over
+the others (the "B50 Inc10" protocols: 100 classes, 6 experiences, 50 in the first).
 
 Protocols:
   * `task`: experience k has task label k and class ids 0..C_k-1 (the task label is given at test);
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +48,8 @@ ORDER_SEED = 0
 SPLIT_SEED = 0
 TEST_FRACTION = 0.3
 TORCHVISION_SETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
+#: Model input up to this size (train and test together) is computed once, before training.
+PRECOMPUTE_BYTES = 2 * 1024**3
 
 
 @dataclass
@@ -97,13 +108,32 @@ def _check_order(order: Sequence[int], num_classes: int) -> list[int]:
     return order
 
 
-def _experience_classes(order: list[int], n_experiences: int) -> list[list[int]]:
-    if not 1 <= n_experiences <= len(order):
-        raise ScenarioError(f"cannot split {len(order)} classes into {n_experiences} experiences")
-    if len(order) % n_experiences:
-        raise ScenarioError(f"{len(order)} classes do not split evenly into {n_experiences} experiences")
-    size = len(order) // n_experiences
-    return [order[i * size : (i + 1) * size] for i in range(n_experiences)]
+def experience_sizes(num_classes: int, n_experiences: int, first_classes: int | None = None) -> list[int]:
+    """Classes in each experience (see the module docstring); refuses a split that cannot be made."""
+    if not 1 <= n_experiences <= num_classes:
+        raise ScenarioError(
+            f"cannot split {num_classes} classes into {n_experiences} experiences; choose 1 to {num_classes}"
+        )
+    others = n_experiences - 1
+    if first_classes is None:
+        rest = num_classes // n_experiences
+        return [num_classes - rest * others] + [rest] * others
+    if not 1 <= first_classes <= num_classes:
+        raise ScenarioError(f"the first experience must hold 1 to {num_classes} classes, got {first_classes}")
+    left = num_classes - first_classes
+    if left < others or (others == 0 and left):
+        raise ScenarioError(
+            f"{first_classes} classes in the first experience leave {left} for {others} more experience(s)"
+        )
+    if others == 0:
+        return [first_classes]
+    if left % others:
+        raise ScenarioError(f"the {left} classes after the first experience do not split evenly into {others}")
+    return [first_classes] + [left // others] * others
+
+
+def _experience_classes(order: list[int], sizes: list[int]) -> list[list[int]]:
+    return [order[end - size : end] for size, end in zip(sizes, accumulate(sizes))]
 
 
 def _limit_per_class(data: LabeledImages, limit: int | None, seed: int) -> LabeledImages:
@@ -127,25 +157,34 @@ def from_labeled_images(
     n_experiences: int,
     class_order: Sequence[int] | None = None,
     details: dict[str, object] | None = None,
+    first_classes: int | None = None,
 ) -> Scenario:
-    """Split train/test images by classes into an Avalanche benchmark of the given protocol."""
+    """Split train/test images by classes into an Avalanche benchmark of the given protocol.
+
+    `first_classes`: classes in the first experience (default: as even a split as can be made).
+    """
     from avalanche.benchmarks import nc_benchmark
-    from torch.utils.data import TensorDataset
 
     if protocol not in PROTOCOLS:
         raise ScenarioError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     num_classes = len(train.class_names)
     order = _check_order(class_order if class_order is not None else seeded_order(num_classes), num_classes)
-    experiences = _experience_classes(order, n_experiences)
+    sizes = experience_sizes(num_classes, n_experiences, first_classes)
+    experiences = _experience_classes(order, sizes)
+    per_image = _model_input_bytes(len(train) + len(test), input_spec) > PRECOMPUTE_BYTES
+    transform = input_spec.one if per_image else None
     benchmark = nc_benchmark(
-        TensorDataset(_model_input(train.images, input_spec), train.labels),
-        TensorDataset(_model_input(test.images, input_spec), test.labels),
+        _dataset(train, input_spec, per_image),
+        _dataset(test, input_spec, per_image),
         n_experiences=n_experiences,
         task_labels=protocol == "task",
         shuffle=False,
         fixed_class_order=order,
+        per_exp_classes={0: sizes[0]} if len(set(sizes)) > 1 else None,
         class_ids_from_zero_in_each_exp=protocol == "task",
         class_ids_from_zero_from_first_exp=protocol == "class",
+        train_transform=transform,
+        eval_transform=transform,
     )
     return Scenario(
         name=name,
@@ -156,13 +195,42 @@ def from_labeled_images(
         source=train.source,
         train_size=len(train),
         test_size=len(test),
-        details=dict(details or {}),
+        details={**(details or {}), "input": input_details(train, input_spec, per_image)},
     )
+
+
+def _model_input_bytes(count: int, input_spec: InputSpec) -> int:
+    return count * input_spec.in_chans * input_spec.img_size**2 * 4  # float32
+
+
+def _dataset(data: LabeledImages, input_spec: InputSpec, per_image: bool) -> Any:
+    """A TensorDataset of model input, or of the native images when they are resized as read."""
+    from torch.utils.data import TensorDataset
+
+    return TensorDataset(data.images if per_image else _model_input(data.images, input_spec), data.labels)
 
 
 def _model_input(images: Tensor, input_spec: InputSpec, chunk: int = 2048) -> Tensor:
     """The backbone's input for every image, computed in chunks to bound peak memory."""
     return torch.cat([input_spec(images[i : i + chunk]) for i in range(0, len(images), chunk)])
+
+
+def input_details(data: LabeledImages, input_spec: InputSpec, per_image: bool) -> dict[str, object]:
+    """What was resized to what (kept with every run, printed in reports).
+
+    The native size is the images' own, or for a folder (whose images are resized one by one as they
+    are loaded) the largest among them.
+    """
+    native = data.native_size or tuple(data.images.shape[-2:])
+    return {
+        "native_size": [int(native[0]), int(native[1])],
+        "native_channels": int(data.images.shape[1]),
+        "model_size": [input_spec.img_size, input_spec.img_size],
+        "model_channels": input_spec.in_chans,
+        "mean": list(input_spec.mean),
+        "std": list(input_spec.std),
+        "resized": "per image, as read" if per_image else "once, before training",
+    }
 
 
 def _limit_both(train: LabeledImages, test: LabeledImages, limit: int | None) -> tuple[LabeledImages, LabeledImages]:
@@ -181,6 +249,7 @@ def split_digits(
     class_order: Sequence[int] | None = None,
     n_experiences: int = 5,
     limit_per_class: int | None = None,
+    first_classes: int | None = None,
 ) -> Scenario:
     """scikit-learn's real 8x8 digits, 10 classes in 5 experiences of 2 (seeded class order)."""
     train, test = _split(digits(), limit_per_class)
@@ -193,6 +262,7 @@ def split_digits(
         n_experiences,
         class_order,
         {"test_fraction": TEST_FRACTION, "split_seed": SPLIT_SEED, "limit_per_class": limit_per_class},
+        first_classes,
     )
 
 
@@ -208,6 +278,7 @@ def split_synthetic(
     class_order: Sequence[int] | None = None,
     n_experiences: int = 5,
     limit_per_class: int | None = None,
+    first_classes: int | None = None,
     n_per_class: int = 150,
 ) -> Scenario:
     """GENERATED dot-counting images (1..5 dots as a row or a column), 10 classes in 5 tasks.
@@ -233,6 +304,7 @@ def split_synthetic(
             "limit_per_class": limit_per_class,
             "n_per_class": n_per_class,
         },
+        first_classes,
     )
 
 
@@ -243,6 +315,7 @@ def split_image_folder(
     class_order: Sequence[int] | None = None,
     n_experiences: int = 5,
     limit_per_class: int | None = None,
+    first_classes: int | None = None,
 ) -> Scenario:
     """Any folder of class sub-folders, split by classes (seeded order unless given)."""
     data = load_image_folder(root, side=input_spec.img_size)
@@ -256,6 +329,7 @@ def split_image_folder(
         n_experiences,
         class_order,
         {"test_fraction": TEST_FRACTION, "split_seed": SPLIT_SEED, "limit_per_class": limit_per_class},
+        first_classes,
     )
 
 
@@ -284,6 +358,7 @@ def split_torchvision(
     class_order: Sequence[int] | None = None,
     n_experiences: int = 10,
     limit_per_class: int | None = None,
+    first_classes: int | None = None,
     download: bool = False,
 ) -> Scenario:
     """A torchvision set already on disk under `root` (downloaded only with `download=True`).
@@ -305,6 +380,7 @@ def split_torchvision(
         n_experiences,
         class_order,
         {"root": str(root), "limit_per_class": limit_per_class},
+        first_classes,
     )
 
 
@@ -338,13 +414,15 @@ def build_scenario(
     n_experiences: int | None = None,
     limit_per_class: int | None = None,
     download: bool = False,
+    first_classes: int | None = None,
 ) -> Scenario:
-    """A scenario by name (see `SCENARIO_HELP`)."""
+    """A scenario by name (see `SCENARIO_HELP`); `n_experiences` None: the scenario's default."""
     common: dict[str, Any] = {
         "input_spec": input_spec,
         "protocol": protocol,
         "class_order": class_order,
         "limit_per_class": limit_per_class,
+        "first_classes": first_classes,
     }
     if name == "split-digits":
         return split_digits(n_experiences=n_experiences or 5, **common)

@@ -12,7 +12,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import torch
@@ -143,25 +143,35 @@ def _modules_of(strategy) -> list[nn.Module]:
     return [m for root in roots for m in root.modules()]
 
 
+@dataclass
+class BackbonePasses:
+    """What went through the ViTs' patch embeddings: images (one per backbone pass per image) and
+    the sizes (H, W) they had there, i.e. the input size the backbones really got."""
+
+    images: int = 0
+    sizes: set[tuple[int, int]] = field(default_factory=set)
+
+
 @contextmanager
-def count_backbone_passes(modules: Sequence[nn.Module]) -> Iterator[list[int]]:
-    """Counts images through every ViT patch embedding (one per backbone pass per image)."""
-    counter = [0]
+def count_backbone_passes(modules: Sequence[nn.Module]) -> Iterator[BackbonePasses]:
+    """Counts images through every ViT patch embedding, and notes their sizes."""
+    passes = BackbonePasses()
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        counter[0] += int(inputs[0].shape[0])
+        passes.images += int(inputs[0].shape[0])
+        passes.sizes.add((int(inputs[0].shape[-2]), int(inputs[0].shape[-1])))
 
     handles = [m.register_forward_hook(hook) for m in modules if isinstance(m, PatchEmbed)]
     try:
-        yield counter
+        yield passes
     finally:
         for h in handles:
             h.remove()
 
 
 @torch.no_grad()
-def passes_to_serve_all(strategy, images: Tensor, experience) -> float:
-    """Backbone passes per image to produce the answers of EVERY learned task.
+def passes_to_serve_all(strategy, images: Tensor, experience) -> BackbonePasses:
+    """The backbone passes that produce the answers of EVERY learned task for `images`.
 
     Multi-task models answer all their tasks through `forward_all_tasks` (one output per task);
     single-head models answer every class at once through the strategy's own forward, which
@@ -170,7 +180,7 @@ def passes_to_serve_all(strategy, images: Tensor, experience) -> float:
     from avalanche.models import MultiTaskModule
 
     strategy.model.eval()
-    with count_backbone_passes(_modules_of(strategy)) as counter:
+    with count_backbone_passes(_modules_of(strategy)) as passes:
         if isinstance(strategy.model, MultiTaskModule):
             strategy.model.forward_all_tasks(images)
         else:
@@ -181,7 +191,7 @@ def passes_to_serve_all(strategy, images: Tensor, experience) -> float:
                 strategy.forward()
             finally:
                 strategy.experience, strategy.mbatch = previous, None
-    return counter[0] / images.shape[0]
+    return passes
 
 
 # ----------------------------------------------------------------------------- stored bytes

@@ -7,6 +7,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from continual_mem.units import human_size
 
@@ -38,6 +39,47 @@ def _mean_std(values: Sequence[float]) -> str:
     if len(values) == 1:
         return pct(values[0])
     return f"{pct(statistics.mean(values))} ± {pct(statistics.stdev(values))}"
+
+
+def backbone_text(backbone: dict[str, str]) -> str:
+    """`name (timm `arch`, weights sha256 `0123456789ab`, from SOURCE)`: a run's recorded provenance."""
+    return (
+        f"{backbone['name']} (timm `{backbone['architecture']}`, weights sha256 `{backbone['weights_sha256'][:12]}`, "
+        f"from {backbone['source']})"
+    )
+
+
+def _channels(n: int) -> str:
+    return f"{n} channel{'s' if n != 1 else ''}"
+
+
+def input_text(details: dict[str, Any]) -> str:
+    """What was resized to what, as `scenarios.benchmarks.input_details` recorded it."""
+    (h, w), (mh, mw) = details["native_size"], details["model_size"]
+    mean, std = (", ".join(f"{v:.3g}" for v in details[k]) for k in ("mean", "std"))
+    return (
+        f"{h}x{w} px, {_channels(details['native_channels'])} -> {mh}x{mw} px, "
+        f"{_channels(details['model_channels'])}, normalised with mean ({mean}) and std ({std}); "
+        f"resized {details['resized']}"
+    )
+
+
+def setup_lines(results: Sequence[RunResult]) -> list[str]:
+    """The backbone, the images it got and the budget of `results` (each once)."""
+    lines: dict[str, None] = {}
+    for r in results:
+        backbone = r.config.get("backbone")
+        lines[f"backbone {backbone_text(backbone)}" if isinstance(backbone, dict) else "backbone not recorded"] = None
+        if "input" in r.config:
+            lines[f"images of {r.scenario}: {input_text(r.config['input'])}"] = None
+        budget = r.config.get("budget", {})
+        if budget:
+            precision = "bf16 autocast" if r.config.get("amp") else "float32"
+            lines[
+                f"on {r.config.get('device', 'cpu')} in {precision}, batch {budget['batch_size']} "
+                f"(evaluation {budget['eval_batch_size']}), {budget['epochs']} epoch(s) per experience"
+            ] = None
+    return list(lines)
 
 
 def comparison_table(results: Sequence[RunResult]) -> str:
@@ -168,7 +210,7 @@ def write_report(results: Sequence[RunResult], folder: Path, title: str) -> Path
     """report.md (tables, plot links), results.json and the plots, in `folder`; returns report.md."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
-    sections = [f"# {title}\n"]
+    sections = [f"# {title}\n", "## Setup\n", *(f"- {line}" for line in setup_lines(results)), ""]
     for protocol in ("task", "class"):
         runs = [r for r in results if r.protocol == protocol]
         if not runs:

@@ -23,6 +23,7 @@ from .report import (
     TABLE2_COLUMNS,
     TABLE2_HEADERS,
     comparison_table,
+    input_text,
     pct,
     routing_table,
     table2,
@@ -49,7 +50,7 @@ RESULT_PLAN: dict[str, tuple[Protocol, ...]] = {"split-digits": ("task", "class"
 
 def generate_results(
     backbone: VisionTransformer,
-    backbone_kind: str,
+    provenance: dict[str, str],
     seeds: Sequence[int],
     quick: bool,
     report_dir: Path,
@@ -59,10 +60,16 @@ def generate_results(
     progress: bool | None = None,
     record: Callable[[RunResult], Any] | None = None,
     command: str = "cmem scenario results",
+    budget: Budget | None = None,
+    amp: bool = False,
 ) -> str:
     """Run the whole plan (Table 2 cells over every seed, the rest on the first) and write the
-    reports; returns the markdown of docs/results.md."""
-    base = QUICK_BUDGET if quick else Budget()
+    reports; returns the markdown of docs/results.md.
+
+    `provenance`: the backbone's name, timm architecture, weights sha256 and source, recorded with
+    every run and named in the document; `budget`: the default (or quick) one unless given.
+    """
+    base = budget or (QUICK_BUDGET if quick else Budget())
     requests = []
     for name, protocols in RESULT_PLAN.items():
         for protocol in protocols:
@@ -70,11 +77,12 @@ def generate_results(
             for spec in compare_specs(protocol):
                 in_table2 = protocol == "task" and spec.label in TABLE2_COLUMNS
                 requests += [
-                    RunRequest(key, spec, replace(base, seed=s), device) for s in (seeds if in_table2 else seeds[:1])
+                    RunRequest(key, spec, replace(base, seed=s), device, amp=amp)
+                    for s in (seeds if in_table2 else seeds[:1])
                 ]
 
     def keep(request: RunRequest, result: RunResult) -> None:
-        result.config.update(backbone=backbone_kind, quick=quick)
+        result.config.update(backbone=provenance, quick=quick)
         if record is not None:
             record(result)
 
@@ -85,11 +93,12 @@ def generate_results(
             first = [r for r in _first_seed(results, seeds[0]) if (r.scenario, r.protocol) == (name, protocol)]
             write_report(first, report_dir / f"{name}-{protocol}", f"{name}, {protocol}-incremental")
     run = {
-        "facts": backbone_facts(backbone, backbone_kind),
+        "facts": backbone_facts(backbone, provenance),
         "budget": asdict(base),
         "seeds": list(seeds),
         "quick": quick,
         "command": command,
+        "machine": machine_text(device),
         "elapsed_s": time.perf_counter() - start,
         "generated_at": datetime.now(UTC).isoformat(),
         "results": [r.to_dict() for r in results],
@@ -114,7 +123,17 @@ def render_results(report_dir: Path) -> str:
         run["command"],
         run["elapsed_s"],
         datetime.fromisoformat(run["generated_at"]),
+        run.get("machine") or machine_text("cpu"),  # kept since issue 15; older folders: this machine
     )
+
+
+def machine_text(device: str) -> str:
+    """Where the runs ran: CPU, torch, threads, and the GPU's name on CUDA."""
+    text = (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
+    return text + (f", {torch.cuda.get_device_name(device)}" if torch.device(device).type == "cuda" else "")
 
 
 def _shrinkage_text() -> str:
@@ -130,22 +149,27 @@ def _builtin_summary(spec: str) -> str:
     return doc.splitlines()[0].rstrip(".") if doc else spec
 
 
-def backbone_facts(backbone: VisionTransformer, kind: str) -> dict[str, Any]:
+def backbone_facts(backbone: VisionTransformer, provenance: dict[str, str]) -> dict[str, Any]:
+    """What the document says about the backbone: its provenance, geometry and pretraining."""
     from continual_mem import pretrain
-    from continual_mem.backbone import backbone_config, fingerprint
+    from continual_mem.backbone import backbone_config
 
     facts: dict[str, Any] = {
-        "architecture": pretrain.DEMO_MODEL,
+        "name": provenance["name"],
+        "architecture": provenance["architecture"],
+        "source": provenance["source"],
         "config": backbone_config(backbone),
         "parameters": sum(p.numel() for p in backbone.parameters()),
-        "sha256": fingerprint(backbone),
+        "sha256": provenance["weights_sha256"],
+        "pretraining": None,
     }
-    if kind == "demo":
+    if provenance["name"] == "demo":
         facts["pretraining"] = (
             f"`{pretrain.DEMO_DATA}` ({_builtin_summary(pretrain.DEMO_DATA)}; no image of the downstream data "
-            f"sets), {pretrain.DEMO_EPOCHS} epochs from scratch on this machine"
+            f"sets), {pretrain.DEMO_EPOCHS} epochs from scratch on this machine. No pretrained ViT weights "
+            "reach this machine, so this small backbone is the project's own"
         )
-    else:
+    elif provenance["name"] == "random":
         facts["pretraining"] = "none: random weights (smoke test only, numbers mean nothing)"
     return facts
 
@@ -209,14 +233,16 @@ def checks(results: Sequence[RunResult]) -> list[str]:
     return lines
 
 
-def _setup_lines(facts: dict[str, Any], budget: Budget, seeds: Sequence[int]) -> list[str]:
+def _setup_lines(
+    facts: dict[str, Any], budget: Budget, seeds: Sequence[int], results: Sequence[RunResult]
+) -> list[str]:
     cfg = facts["config"]
+    pretraining = f" **Pretrained on** {facts['pretraining']}." if facts.get("pretraining") else ""
     backbone = (
-        f"- **Backbone**: timm `{facts['architecture']}` shrunk to {cfg['img_size']} px images, patch "
-        f"{cfg['patch_size']}, depth {cfg['depth']}, width {cfg['embed_dim']}, {cfg['num_heads']} heads "
-        f"({facts['parameters'] / 1e6:.2f}M parameters, weights sha256 `{facts['sha256'][:12]}`). "
-        f"**Pretrained on** {facts['pretraining']}. No pretrained ViT weights reach this machine, so this small "
-        "backbone is the project's own."
+        f"- **Backbone** `{facts.get('name', 'demo')}`: timm `{facts['architecture']}` at {cfg['img_size']} px "
+        f"images, patch {cfg['patch_size']}, depth {cfg['depth']}, width {cfg['embed_dim']}, {cfg['num_heads']} "
+        f"heads ({facts['parameters'] / 1e6:.2f}M parameters, weights sha256 `{facts['sha256'][:12]}`"
+        f"{', from ' + facts['source'] if facts.get('source') else ''}).{pretraining}"
     )
     data = (
         "- **split-digits**: scikit-learn's 1,797 real 8x8 handwritten digits, seeded stratified 70/30 "
@@ -224,6 +250,9 @@ def _setup_lines(facts: dict[str, Any], budget: Budget, seeds: Sequence[int]) ->
         "GENERATED 32x32 images of 1-5 dots laid out as a row or a column, 150 per class, 5 experiences of 2 "
         "classes that differ in count or in layout only."
     )
+    inputs = {r.scenario: input_text(r.config["input"]) for r in results if "input" in r.config}
+    if inputs:
+        data += " Images as the backbone gets them: " + "; ".join(f"{k}: {v}" for k, v in inputs.items()) + "."
     schedule = (
         f"- **Budget, same for every strategy**: {budget.epochs} epochs per experience, batch "
         f"{budget.batch_size}, AdamW, cosine learning rate to 0 within each experience, weight decay "
@@ -237,7 +266,7 @@ def _setup_lines(facts: dict[str, Any], budget: Budget, seeds: Sequence[int]) ->
         f"(α = {LWF_ALPHA:g}, T = {LWF_TEMPERATURE:g}), Replay ({REPLAY_MEMORY} samples, experience-balanced) "
         "and Cumulative (joint upper bound) fine-tune the whole ViT with Avalanche's multi-head (task protocol) "
         "or incremental (class protocol) classifier; Full = per-task full fine-tuning (one ViT copy per task); "
-        "NCM = scikit-learn NearestCentroid on the frozen, L2-normalised features; L2P = Avalanche's "
+        "NCM = nearest class mean (scikit-learn NearestCentroid's centroids) on the frozen, L2-normalised features; L2P = Avalanche's "
         f"LearningToPrompt (pool {POOL_SIZE}, length {PROMPT_LENGTH}, top-{TOP_K}) on our backbone through "
         "`scenarios/l2p.py`."
     )
@@ -291,6 +320,7 @@ def results_markdown(
     command: str,
     elapsed_s: float,
     generated_at: datetime,
+    machine: str,
 ) -> str:
     cells: dict[str, dict[str, list[float]]] = {}
     params: dict[str, dict[str, float]] = {}
@@ -305,10 +335,6 @@ def results_markdown(
             for h, c in columns.items()
             if (runs := _runs(results, name, "task", c))
         }
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s)"
-    )
     out = [
         "# Results: memory tokens against continual-learning baselines",
         "",
@@ -320,7 +346,7 @@ def results_markdown(
             "> **Quick run** (1 epoch, few images per class): it checks the pipeline; its numbers mean nothing.",
             "",
         ]
-    out += ["## Setup", "", *_setup_lines(facts, budget, seeds), ""]
+    out += ["## Setup", "", *_setup_lines(facts, budget, seeds, results), ""]
     out += [
         "## Table 2 layout: task-incremental average accuracy (%)",
         "",

@@ -2,7 +2,8 @@
 
 `run_strategy` trains experience by experience and, after each, evaluates the experiences seen so
 far through Avalanche's EvaluationPlugin: row i of the accuracy matrix. Metrics are defined in
-`scenarios.metrics`.
+`scenarios.metrics`. With `amp`, training and evaluation run under bf16 autocast on the run's
+device (the CLI allows it on CUDA only); float32 otherwise.
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def _probe(scenario: Scenario, device: str) -> tuple[torch.Tensor, Any]:
     return torch.stack([dataset[i][0] for i in range(min(PROBE_IMAGES, len(dataset)))]).to(device), experience
 
 
+def precision(device: str, amp: bool) -> torch.autocast:
+    """bf16 autocast on `device` with `amp`; a context that changes nothing without."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp)
+
+
 def run_strategy(
     scenario: Scenario,
     spec: StrategySpec,
@@ -98,12 +104,28 @@ def run_strategy(
     route: Route = DEFAULT_ROUTE,
     progress: bool | None = None,
     after_experience: Callable[[int, Any], None] | None = None,
+    amp: bool = False,
 ) -> RunResult:
     """Train `spec` through the scenario's experiences; evaluate the seen ones after each.
 
     `after_experience(i, strategy)` runs after experience i's evaluation (tests use it to look at
     the model). `progress=None` shows a progress bar on terminals only.
     """
+    with precision(device, amp):
+        return _run(scenario, spec, backbone, budget, device, amp, route, progress, after_experience)
+
+
+def _run(
+    scenario: Scenario,
+    spec: StrategySpec,
+    backbone: VisionTransformer,
+    budget: Budget,
+    device: str,
+    amp: bool,
+    route: Route,
+    progress: bool | None,
+    after_experience: Callable[[int, Any], None] | None,
+) -> RunResult:
     from avalanche.training.determinism.rng_manager import RNGManager
     from tqdm.auto import tqdm
 
@@ -140,6 +162,8 @@ def run_strategy(
     stored = stored_bytes(strategy, free)
     task_ids = task_id_accuracies(metrics)
     counter = next(p for p in strategy.plugins if isinstance(p, TrainableCounter))
+    probe, probe_experience = _probe(scenario, device)
+    passes = passes_to_serve_all(strategy, probe, probe_experience)
     summary: dict[str, Any] = {
         "average_accuracy": average_accuracy(matrix),
         "forgetting": float(metrics.get(FORGETTING_KEY, 0.0)),
@@ -150,7 +174,8 @@ def run_strategy(
         "stored_bytes_per_task": stored.total / n,
         "serving_bytes_per_task": stored.serving / n,
         "learning_bytes_per_task": stored.learning / n,
-        "backbone_passes_to_serve_all": passes_to_serve_all(strategy, *_probe(scenario, device)),
+        "backbone_passes_to_serve_all": passes.images / probe.shape[0],
+        "model_input_size": _one_size(passes.sizes),
         "train_time_s": train_time,
         "eval_time_s": eval_time,
     }
@@ -161,19 +186,32 @@ def run_strategy(
         "lr": budget.lr_for(spec),
         "route": route if scenario.protocol == "class" and spec.entry.routed else None,
         "device": device,
+        "amp": amp,
     }
     return RunResult(scenario.name, spec.label, scenario.protocol, matrix, summary, config, wall)
 
 
+def _one_size(sizes: set[tuple[int, int]]) -> list[int]:
+    """The (H, W) every backbone pass got (measured at the patch embeddings)."""
+    if len(sizes) != 1:
+        raise RuntimeError(f"the backbone passes got images of {len(sizes)} sizes: {sorted(sizes)}")
+    return list(next(iter(sizes)))
+
+
 @dataclass(frozen=True)
 class ScenarioKey:
-    """What builds a scenario; runs in worker processes rebuild it from this (cheap, seeded)."""
+    """What builds a scenario; runs in worker processes rebuild it from this (cheap, seeded).
+
+    `n_experiences` None: the scenario's default; `first_classes`: classes in the first experience.
+    """
 
     name: str
     protocol: Protocol
     class_order: tuple[int, ...] | None = None
     limit_per_class: int | None = None
     download: bool = False
+    n_experiences: int | None = None
+    first_classes: int | None = None
 
     def build(self, backbone: VisionTransformer) -> Scenario:
         from continual_mem.data import InputSpec
@@ -185,8 +223,10 @@ class ScenarioKey:
             InputSpec.from_backbone(backbone),
             self.protocol,
             self.class_order,
+            self.n_experiences,
             limit_per_class=self.limit_per_class,
             download=self.download,
+            first_classes=self.first_classes,
         )
 
 
@@ -199,6 +239,7 @@ class RunRequest:
     budget: Budget
     device: str = "cpu"
     route: Route = DEFAULT_ROUTE
+    amp: bool = False
 
 
 def _relative_cost(spec: StrategySpec) -> float:
@@ -224,7 +265,9 @@ class _Worker:
         if request.scenario not in cls.scenarios:
             cls.scenarios[request.scenario] = request.scenario.build(cls.backbone)
         scenario = cls.scenarios[request.scenario]
-        return run_strategy(scenario, request.spec, cls.backbone, request.budget, request.device, request.route, False)
+        return run_strategy(
+            scenario, request.spec, cls.backbone, request.budget, request.device, request.route, False, amp=request.amp
+        )
 
 
 def run_requests(

@@ -25,6 +25,7 @@ from scenarios.benchmarks import (
     SYNTHETIC_ORDER,
     ScenarioError,
     build_scenario,
+    experience_sizes,
     seeded_order,
     split_digits,
     split_image_folder,
@@ -102,10 +103,26 @@ def test_class_order_option_and_errors(spec) -> None:
     assert split_digits(spec, "task", reverse, limit_per_class=3).experience_classes[0] == [9, 8]
     with pytest.raises(ScenarioError, match="each of the 10 classes once"):
         split_digits(spec, "task", [0, 1, 2], limit_per_class=3)
-    with pytest.raises(ScenarioError, match="evenly"):
-        split_digits(spec, "task", n_experiences=3, limit_per_class=3)
+    uneven = split_digits(spec, "task", reverse, n_experiences=3, limit_per_class=3)
+    assert uneven.experience_classes == [[9, 8, 7, 6], [5, 4, 3], [2, 1, 0]]
+    assert [len(e.classes_in_this_experience) for e in uneven.benchmark.train_stream] == [4, 3, 3]
     with pytest.raises(ScenarioError, match="unknown scenario"):
         build_scenario("split-nothing", spec)
+
+
+def test_experience_sizes() -> None:
+    assert experience_sizes(10, 5) == [2] * 5 and experience_sizes(10, 3) == [4, 3, 3]
+    assert experience_sizes(100, 6, 50) == [50, 10, 10, 10, 10, 10] and experience_sizes(7, 1, 7) == [7]
+    for args, message in (
+        ((4, 5), "cannot split 4 classes into 5 experiences; choose 1 to 4"),
+        ((10, 0), "cannot split 10 classes into 0"),
+        ((10, 3, 5), "the 5 classes after the first experience do not split evenly into 2"),
+        ((10, 1, 5), "5 classes in the first experience leave 5 for 0 more"),
+        ((10, 4, 8), "8 classes in the first experience leave 2 for 3 more"),
+        ((10, 2, 11), "the first experience must hold 1 to 10 classes, got 11"),
+    ):
+        with pytest.raises(ScenarioError, match=message):
+            experience_sizes(*args)
 
 
 def test_synthetic_scenario(spec) -> None:
@@ -199,7 +216,7 @@ def test_evaluation_is_one_backbone_pass_for_all_tasks(backbone, digits_task) ->
     stream = digits_task.benchmark.test_stream
     with count_backbone_passes(list(strategy.model.modules())) as counter:
         strategy.eval(stream)
-    assert counter[0] == sum(len(e.dataset) for e in stream)  # one pass per image, five tasks served
+    assert counter.images == sum(len(e.dataset) for e in stream)  # one pass per image, five tasks served
     images = _test_images(digits_task, 0)[:4]
     outputs = strategy.model.forward_all_tasks(images)
     assert sorted(outputs) == [0, 1, 2, 3, 4]
@@ -258,18 +275,34 @@ def test_oas_shrinkage_matches_scikit_learn() -> None:
 
 
 # ------------------------------------------------------------------------------------ baselines
-def test_l2p_compatibility_layer_uses_our_backbone(backbone) -> None:
-    from scenarios.l2p import BackboneL2P
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("vit_tiny_patch16_224", {}),
+        ("vit_tiny_patch16_224", {"img_size": 48, "reg_tokens": 4}),  # register tokens
+        ("vit_small_patch14_reg4_dinov2", {}),  # no_embed_class, layer scale, registers
+        ("vit_base_patch16_clip_224", {}),  # pre-norm, patch embedding without bias
+        ("vit_tiny_patch16_224+qk_norm", {}),
+    ],
+)
+def test_l2p_compatibility_layer_fits_any_supported_backbone(name, kwargs) -> None:
+    from scenarios.l2p import PROMPT_LENGTH, TOP_K, BackboneL2P
 
+    backbone = tiny_vit(name, num_classes=8, **kwargs)
     strategy = BackboneL2P(backbone=backbone, num_classes=10)
-    images = torch.randn(3, 3, 32, 32)
+    images = torch.randn(3, 3, *backbone.patch_embed.img_size)
     with torch.no_grad():
         ours = backbone.forward_head(backbone.forward_features(images), pre_logits=True)
         query = strategy.original_vit(images)["pre_logits"]
-    assert torch.equal(ours, query)
-    assert strategy.model.head.in_features == backbone.embed_dim
-    for name, tensor in backbone.blocks.state_dict().items():
-        assert torch.equal(strategy.model.blocks.state_dict()[name], tensor)
+        prompted = strategy.model(images, cls_features=query)
+    assert torch.equal(ours, query)  # the query ViT is our backbone, bit for bit
+    tokens = backbone.forward_features(images).shape[1]
+    assert prompted["x"].shape[1] == tokens + PROMPT_LENGTH * TOP_K and prompted["logits"].shape == (3, 10)
+    assert strategy.model.head.in_features == strategy.model.prompt.prompt.shape[-1] == backbone.embed_dim
+    trainable = {n for n, p in strategy.model.named_parameters() if p.requires_grad}
+    assert trainable == {"prompt.prompt", "prompt.prompt_key", "head.weight", "head.bias"}
+    for key, tensor in backbone.blocks.state_dict().items():
+        assert torch.equal(strategy.model.blocks.state_dict()[key], tensor)
 
 
 def test_ncm_agrees_with_scikit_learn(backbone, digits_class) -> None:

@@ -2,15 +2,20 @@
 
 The commands drive the `scenarios` package (Avalanche). The group expects, in the click context
 object, a zero-argument `open_store()` returning a `store.TaskStore` (runs are then recorded
-there); without one, runs are not recorded. Importing this module imports neither torch, timm nor
+there); without one, runs are not recorded, and only the built-in backbones (`demo`, `random`)
+or a one-off `--model --weights` can be used. Each command's options gather into a
+`BackboneChoice` (which backbone), a `DeviceChoice` (device, bf16 autocast, batch sizes) and, for
+`run` and `compare`, a `SplitChoice` (how the classes split into experiences). Importing this module imports neither torch, timm nor
 Avalanche: every command imports what it needs; the strategies' names and help come from the
 registry (`scenarios.strategies`), which imports none of them either.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,15 +24,15 @@ import click
 
 from scenarios.strategies import help_table, help_text
 
+from .backbone import model_arg_option, parse_model_args
 from .output import emit, json_option
 
 PROTOCOL_CHOICES = ("task", "class")
-BACKBONES = ("demo", "random")
 ROUTE_CHOICES = ("lda", "nmc", "energy", "max-softmax")
 #: Quick runs (CI): one epoch on at most this many training images per class.
 QUICK_LIMIT_PER_CLASS = 12
-#: `--backbone random`: a tiny untrained ViT, so smoke tests and CI stay fast.
-RANDOM_BACKBONE = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
+#: `--jobs` by default: worker processes on CPU, and with --device cuda (one GPU).
+DEFAULT_JOBS = {"cpu": 2, "cuda": 1}
 
 
 @contextmanager
@@ -89,19 +94,119 @@ def _record(store: Any | None, result: Any) -> int | None:
     return int(info.id)
 
 
-def _load_backbone(kind: str) -> Any:
-    """`demo`: the project's pretrained small ViT (pretrained once, then cached); `random`: a tiny
-    untrained ViT of the same family (seeded), for smoke tests only."""
-    from continual_mem import pretrain
-    from continual_mem.backbone import create_backbone
+@dataclass(frozen=True)
+class BackboneChoice:
+    """`--backbone NAME`, or a one-off `--model TIMM_NAME --weights FILE [--arg NAME=VALUE ...]`."""
 
-    if kind == "demo":
-        click.echo(f"loading the demo backbone (pretrained on {pretrain.DEMO_DATA} once, then cached)", err=True)
-        return pretrain.demo_backbone()
-    import torch
+    name: str | None
+    model_name: str | None
+    weights: Path | None
+    model_args: tuple[str, ...]
 
-    torch.manual_seed(0)
-    return create_backbone(pretrain.DEMO_MODEL, num_classes=8, **RANDOM_BACKBONE).eval()
+    def check(self) -> None:
+        """Refuse combinations that name no backbone or two, before anything loads."""
+        if self.name is not None and (self.model_name or self.weights):
+            raise click.ClickException("give --backbone NAME or --model with --weights, not both")
+        if self.weights is not None and self.model_name is None:
+            raise click.ClickException("--weights needs --model (the timm model name the file is for)")
+        if self.model_name is not None and self.weights is None:
+            raise click.ClickException(
+                "--model needs --weights FILE (no model hub here); a registered backbone is --backbone NAME"
+            )
+        if self.model_args and self.model_name is None:
+            raise click.ClickException("--arg needs --model: a registered backbone keeps its own arguments")
+
+    @property
+    def registered(self) -> bool:
+        """A backbone of the store (which must then be there), not a built-in or one-off one."""
+        from continual_mem.services import BUILTIN_BACKBONES
+
+        return self.model_name is None and (self.name or "demo") not in BUILTIN_BACKBONES
+
+    def load(self, store: Any | None) -> tuple[Any, Any]:
+        """The backbone and its `services.Provenance`."""
+        from continual_mem import services
+        from continual_mem.pretrain import DEMO_DATA
+
+        if self.model_name is not None and self.weights is not None:
+            return services.one_off_backbone(self.model_name, self.weights, parse_model_args(self.model_args))
+        name = self.name or "demo"
+        if name == "demo":
+            click.echo(f"loading the demo backbone (pretrained on {DEMO_DATA} once, then cached)", err=True)
+        return services.resolve_backbone(store, name)
+
+    def command_args(self) -> str:
+        """The options that name this backbone, as a command line writes them."""
+        if self.model_name is None:
+            return f"--backbone {self.name or 'demo'}"
+        return " ".join(
+            [f"--model {self.model_name} --weights {self.weights}", *(f"--arg {a}" for a in self.model_args)]
+        )
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """`--device`, `--amp` and the budget's batch sizes."""
+
+    device: str
+    amp: bool
+    batch_size: int | None
+    eval_batch_size: int | None
+
+    def check(self) -> None:
+        """cpu or an available cuda[:N] (checked as every command checks a device); `--amp` (bf16
+        autocast) on CUDA only."""
+        import torch
+
+        from continual_mem.train import check_device
+
+        kind = check_device(self.device).type
+        if kind not in DEFAULT_JOBS:
+            raise click.ClickException(f"--device {self.device}: scenarios run on cpu or cuda[:N]")
+        if self.amp and kind != "cuda":
+            raise click.ClickException("--amp is bf16 autocast on CUDA only: add --device cuda (CPU runs in float32)")
+        if self.amp and not torch.cuda.is_bf16_supported():
+            raise click.ClickException(f"--amp: {torch.cuda.get_device_name(self.device)} has no bf16 support")
+
+    @property
+    def kind(self) -> str:
+        return "cuda" if self.device.startswith("cuda") else "cpu"
+
+    def command_args(self) -> str:
+        parts = [] if self.device == "cpu" else [f"--device {self.device}"]
+        parts += ["--amp"] if self.amp else []
+        parts += [f"--batch-size {self.batch_size}"] if self.batch_size else []
+        parts += [f"--eval-batch-size {self.eval_batch_size}"] if self.eval_batch_size else []
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class SplitChoice:
+    """What builds the scenario besides its name and protocol (the options of `_scenario_options`)."""
+
+    class_order: str | None
+    limit_per_class: int | None
+    download: bool
+    experiences: int | None
+    first_classes: int | None
+
+    def key(self, name: str, protocol: str, limit: int | None = None) -> Any:
+        """The ScenarioKey of `name` in `protocol`, its name and class order checked before any backbone
+        loads; `limit` when --limit-per-class is not given."""
+        from scenarios.benchmarks import check_scenario_name
+        from scenarios.runner import ScenarioKey
+
+        check_scenario_name(name)
+        order = _parse_ints(self.class_order, "--class-order")
+        return ScenarioKey(
+            name,
+            protocol,
+            tuple(order) if order else None,
+            self.limit_per_class if self.limit_per_class is not None else limit,
+            self.download,
+            self.experiences,
+            self.first_classes,
+        )
 
 
 def _check_memory_sizes(model: Any, specs: list[Any]) -> None:
@@ -122,13 +227,21 @@ def _parse_ints(text: str | None, what: str) -> list[int] | None:
         raise click.BadParameter(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
-def _budget(epochs: int | None, seed: int, quick: bool) -> Any:
+def _budget(epochs: int | None, seed: int, quick: bool, devices: DeviceChoice) -> Any:
+    """The budget of a run or comparison: the default (or quick) one, with what the options set."""
     from dataclasses import replace
 
     from scenarios.runner import QUICK_BUDGET, Budget
 
-    budget = replace(QUICK_BUDGET if quick else Budget(), seed=seed)
-    return replace(budget, epochs=epochs) if epochs is not None else budget
+    given = {"epochs": epochs, "batch_size": devices.batch_size, "eval_batch_size": devices.eval_batch_size}
+    return replace(QUICK_BUDGET if quick else Budget(), seed=seed, **{k: v for k, v in given.items() if v is not None})
+
+
+def _at_least_one(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """One `Error:` line (exit 1) for a count below 1, as for every other bad value of these commands."""
+    if value is not None and value < 1:
+        raise click.ClickException(f"{param.opts[0]} must be at least 1, got {value}")
+    return value
 
 
 POSITIVE = click.IntRange(min=1)
@@ -136,9 +249,9 @@ JOBS_OPTION = click.option(
     "--jobs",
     "-j",
     type=POSITIVE,
-    default=2,
-    show_default=True,
-    help="Runs in parallel, in worker processes (one per CPU core is about right).",
+    default=None,
+    help="Runs in parallel, in worker processes (one per CPU core is about right; "
+    f"default {DEFAULT_JOBS['cpu']}, {DEFAULT_JOBS['cuda']} with --device cuda).",
 )
 
 
@@ -149,14 +262,107 @@ def _set_threads(ctx: click.Context, param: click.Parameter, value: int) -> int:
     return value
 
 
-def _scenario_options(func: Callable[..., Any]) -> Callable[..., Any]:
+THREADS_OPTION = click.option(
+    "--threads",
+    type=POSITIVE,
+    default=1,
+    show_default=True,
+    callback=_set_threads,
+    expose_value=False,
+    help="PyTorch CPU threads per process (these small models run fastest on one, above all on a busy machine).",
+)
+
+
+def _apply(options: list[Callable[..., Any]], func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _backbone_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--backbone, or --model/--weights/--arg; gathered into one `backbone` argument (a BackboneChoice)."""
+
+    def gather(**kwargs: Any) -> Any:
+        choice = BackboneChoice(
+            kwargs.pop("backbone"), kwargs.pop("model_name"), kwargs.pop("weights"), kwargs.pop("model_args")
+        )
+        return func(backbone=choice, **kwargs)
+
     options = [
         click.option(
             "--backbone",
-            type=click.Choice(BACKBONES),
-            default="demo",
-            show_default=True,
-            help="demo: the project's pretrained small ViT; random: a tiny untrained ViT (smoke tests).",
+            default=None,
+            metavar="NAME",
+            help="demo (default): the project's small ViT pretrained here; random: a tiny untrained ViT (smoke "
+            "tests); or any backbone registered in the store (`cmem backbone list`), its weights checked "
+            "against the recorded sha256. demo and random cannot be registered: they always mean these.",
+        ),
+        click.option(
+            "--model",
+            "model_name",
+            default=None,
+            help="A one-off run on this timm model with --weights FILE, without registering it.",
+        ),
+        click.option(
+            "--weights",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Local .safetensors, .pth or .npz file for --model (loaded as `cmem backbone add` loads it).",
+        ),
+        model_arg_option,
+    ]
+    return _apply(options, functools.wraps(func)(gather))
+
+
+def _device_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--device, --amp, --batch-size, --eval-batch-size; gathered into one `devices` argument."""
+
+    def gather(**kwargs: Any) -> Any:
+        choice = DeviceChoice(
+            kwargs.pop("device"), kwargs.pop("amp"), kwargs.pop("batch_size"), kwargs.pop("eval_batch_size")
+        )
+        return func(devices=choice, **kwargs)
+
+    options = [
+        click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]: everything runs there."),
+        click.option("--amp", is_flag=True, help="bf16 autocast (with --device cuda only; float32 otherwise)."),
+        click.option(
+            "--batch-size", type=int, default=None, callback=_at_least_one, help="Training batch (default: 16)."
+        ),
+        click.option(
+            "--eval-batch-size",
+            type=int,
+            default=None,
+            callback=_at_least_one,
+            help="Evaluation batch (default: 256).",
+        ),
+    ]
+    return _apply(options, functools.wraps(func)(gather))
+
+
+def _split_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """What splits the scenario into experiences; gathered into one `split` argument (a SplitChoice)."""
+
+    def gather(**kwargs: Any) -> Any:
+        names = ("class_order", "limit_per_class", "download", "experiences", "first_classes")
+        return func(split=SplitChoice(*(kwargs.pop(n) for n in names)), **kwargs)
+
+    options = [
+        click.option(
+            "--experiences",
+            type=int,
+            default=None,
+            callback=_at_least_one,
+            help="Experiences to split the classes into (default: 5; 10 for torchvision sets). When they do not "
+            "divide evenly, the first experience takes the remainder (10 classes in 3: 4, 3, 3).",
+        ),
+        click.option(
+            "--first-classes",
+            type=int,
+            default=None,
+            callback=_at_least_one,
+            help='Classes in the first experience; the others split the rest evenly ("B50 Inc10": '
+            "--experiences 6 --first-classes 50 on 100 classes).",
         ),
         click.option(
             "--class-order", default=None, help="Comma-separated class ids (default: the scenario's fixed order)."
@@ -164,6 +370,16 @@ def _scenario_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--limit-per-class", type=POSITIVE, default=None, help="At most this many training images per class."
         ),
+        click.option("--download", is_flag=True, help="torchvision scenarios: download the data set if missing."),
+    ]
+    return _apply(options, functools.wraps(func)(gather))
+
+
+def _scenario_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        _backbone_options,
+        _device_options,
+        _split_options,
         click.option(
             "--route",
             type=click.Choice(ROUTE_CHOICES),
@@ -171,32 +387,22 @@ def _scenario_options(func: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Class protocol: how the memory strategy infers the task.",
         ),
-        click.option("--device", default="cpu", show_default=True),
-        click.option("--download", is_flag=True, help="torchvision scenarios: download the data set if missing."),
         click.option("--progress/--no-progress", default=None, help="Progress bars (default: on terminals)."),
-        click.option(
-            "--threads",
-            type=POSITIVE,
-            default=1,
-            show_default=True,
-            callback=_set_threads,
-            expose_value=False,
-            help="PyTorch CPU threads per process (these small models run fastest on one, above all on a busy machine).",
-        ),
+        THREADS_OPTION,
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _apply(options, func)
 
 
-def _scenario_key(name: str, protocol: str, class_order: str | None, limit: int | None, download: bool) -> Any:
-    """What builds the scenario, its name and options checked (before any backbone is loaded)."""
-    from scenarios.benchmarks import check_scenario_name
-    from scenarios.runner import ScenarioKey
-
-    check_scenario_name(name)
-    order = _parse_ints(class_order, "--class-order")
-    return ScenarioKey(name, protocol, tuple(order) if order else None, limit, download)
+def _prepared(
+    ctx: click.Context, backbone: BackboneChoice, devices: DeviceChoice
+) -> tuple[Any | None, Any, dict[str, str]]:
+    """Check the options, then open the store (required for a registered backbone) and load the
+    backbone: (store or None, backbone, provenance as recorded)."""
+    backbone.check()
+    devices.check()
+    store = _open_store(ctx, required=backbone.registered)
+    model, provenance = backbone.load(store)
+    return store, model, provenance.to_dict()
 
 
 def _summary_line(result: Any, run_id: int | None) -> str:
@@ -246,32 +452,29 @@ def run_command(
     epochs: int | None,
     report_dir: Path | None,
     as_json: bool,
-    backbone: str,
-    class_order: str | None,
-    limit_per_class: int | None,
+    backbone: BackboneChoice,
+    devices: DeviceChoice,
+    split: SplitChoice,
     route: str,
-    device: str,
-    download: bool,
     progress: bool | None,
 ) -> None:
     """Train one strategy through scenario NAME and evaluate it after every experience.
 
     NAME: split-digits, synthetic, folder:PATH (one sub-folder per class) or
-    torchvision:SET[:ROOT] (MNIST, FashionMNIST, CIFAR10, CIFAR100 already on disk).
+    torchvision:SET[:ROOT] (MNIST, FashionMNIST, CIFAR10, CIFAR100 already on disk). Images are
+    resized to the backbone's input and normalised as timm's data config of that backbone says.
     """
     with _clean_errors():
-        from continual_mem.train import check_device
         from scenarios.runner import StrategySpec, run_strategy
 
         spec = StrategySpec.parse(strategy_name, memory)
-        key = _scenario_key(name, protocol, class_order, limit_per_class, download)
-        check_device(device)
-        store = _open_store(ctx)
-        model = _load_backbone(backbone)
+        key = split.key(name, protocol)
+        store, model, provenance = _prepared(ctx, backbone, devices)
         _check_memory_sizes(model, [spec])
         scenario = key.build(model)
-        result = run_strategy(scenario, spec, model, _budget(epochs, seed, False), device, route, progress)
-        result.config["backbone"] = backbone
+        budget = _budget(epochs, seed, False, devices)
+        result = run_strategy(scenario, spec, model, budget, devices.device, route, progress, amp=devices.amp)
+        result.config["backbone"] = provenance
         run_id = _record(store, result)
         if report_dir is not None:
             from scenarios.report import write_report
@@ -279,7 +482,11 @@ def run_command(
             write_report([result], report_dir, f"{name}: {spec.label}")
 
     def show() -> None:
+        from scenarios.report import setup_lines
+
         click.echo(_summary_line(result, run_id))
+        for line in setup_lines([result]):
+            click.echo(f"  {line}")
         for i, row in enumerate(result.accuracy_matrix):
             click.echo(f"  after experience {i}: " + " ".join(f"{100 * a:5.1f}" for a in row))
 
@@ -315,13 +522,11 @@ def compare_command(
     epochs: int | None,
     report_dir: Path | None,
     as_json: bool,
-    jobs: int,
-    backbone: str,
-    class_order: str | None,
-    limit_per_class: int | None,
+    jobs: int | None,
+    backbone: BackboneChoice,
+    devices: DeviceChoice,
+    split: SplitChoice,
     route: str,
-    device: str,
-    download: bool,
     progress: bool | None,
 ) -> None:
     """Every strategy on scenario NAME, same backbone, data, budget and seed; one table.
@@ -332,24 +537,20 @@ def compare_command(
     with _clean_errors():
         import torch
 
-        from continual_mem.train import check_device
         from scenarios.report import comparison_table, write_report
         from scenarios.runner import RunRequest, StrategySpec, compare_specs, run_requests
 
         protocols = PROTOCOL_CHOICES if protocol == "both" else (protocol,)
         sizes = _parse_ints(memory_sizes, "--memory-sizes") or []
         wanted = {StrategySpec.parse(s).label for s in strategies.split(",")} if strategies else None
-        budget = _budget(epochs, seed, quick)
-        limit = limit_per_class if limit_per_class is not None else (QUICK_LIMIT_PER_CLASS if quick else None)
-        keys = [_scenario_key(name, proto, class_order, limit, download) for proto in protocols]
-        check_device(device)
-        store = _open_store(ctx)
-        model = _load_backbone(backbone)
+        budget = _budget(epochs, seed, quick, devices)
+        keys = [split.key(name, proto, QUICK_LIMIT_PER_CLASS if quick else None) for proto in protocols]
+        store, model, provenance = _prepared(ctx, backbone, devices)
         requests = []
         for key in keys:
             key.build(model)  # fail here, in one line, rather than in a worker
             requests += [
-                RunRequest(key, spec, budget, device, route)
+                RunRequest(key, spec, budget, devices.device, route, devices.amp)
                 for spec in compare_specs(key.protocol, sizes)
                 if wanted is None or spec.label in wanted
             ]
@@ -359,18 +560,18 @@ def compare_command(
         ids: dict[int, int | None] = {}
 
         def keep(request: Any, result: Any) -> None:
-            result.config.update(backbone=backbone, quick=quick)
+            result.config.update(backbone=provenance, quick=quick)
             ids[id(result)] = _record(store, result)
             if not as_json:
                 click.echo(_summary_line(result, ids[id(result)]), err=True)
 
-        results = run_requests(requests, model, jobs, torch.get_num_threads(), keep, progress)
+        workers = jobs or DEFAULT_JOBS[devices.kind]
+        results = run_requests(requests, model, workers, torch.get_num_threads(), keep, progress)
         folder = (
             report_dir or Path("reports") / f"{name.replace(':', '_').replace('/', '_')}-{datetime.now():%Y%m%d-%H%M%S}"
         )
-        report = write_report(
-            results, folder, f"{name} ({'quick' if quick else 'full'} comparison, backbone {backbone})"
-        )
+        kind = "quick" if quick else "full"
+        report = write_report(results, folder, f"{name} ({kind} comparison, backbone {provenance['name']})")
 
     def show() -> None:
         for proto in protocols:
@@ -400,16 +601,24 @@ def runs_command(ctx: click.Context, scenario: str | None, strategy: str | None,
             click.echo("no scenario runs")
             return
         click.echo(
-            f"{'id':>4}  {'scenario':<14} {'protocol':<8} {'strategy':<12} {'avg acc':>8} {'forget':>7} {'wall':>7}  created"
+            f"{'id':>4}  {'scenario':<14} {'protocol':<8} {'strategy':<12} {'backbone':<10} {'avg acc':>8} "
+            f"{'forget':>7} {'wall':>7}  created"
         )
         for r in runs:
             m = r.metrics
             click.echo(
-                f"{r.id:>4}  {r.scenario:<14} {r.protocol:<8} {r.strategy:<12} {100 * m.get('average_accuracy', 0):7.1f}% "
-                f"{100 * m.get('forgetting', 0):6.1f}% {r.wall_time_s or 0:6.0f}s  {r.created_at:%Y-%m-%d %H:%M}"
+                f"{r.id:>4}  {r.scenario:<14} {r.protocol:<8} {r.strategy:<12} {_backbone_name(r.config):<10} "
+                f"{100 * m.get('average_accuracy', 0):7.1f}% {100 * m.get('forgetting', 0):6.1f}% "
+                f"{r.wall_time_s or 0:6.0f}s  {r.created_at:%Y-%m-%d %H:%M}"
             )
 
     emit(as_json, runs, show)
+
+
+def _backbone_name(config: dict[str, Any]) -> str:
+    """The recorded backbone's name (runs recorded before issue 15 kept only `demo` or `random`)."""
+    backbone = config.get("backbone", "-")
+    return str(backbone.get("name") if isinstance(backbone, dict) else backbone)
 
 
 @scenario_group.command("results")
@@ -422,18 +631,10 @@ def runs_command(ctx: click.Context, scenario: str | None, strategy: str | None,
 @click.option(
     "--render-only", is_flag=True, help="Rebuild the document from the runs kept in --report-dir; no training."
 )
-@click.option("--backbone", type=click.Choice(BACKBONES), default="demo", show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@_backbone_options
+@_device_options
 @click.option("--progress/--no-progress", default=None)
-@click.option(
-    "--threads",
-    type=POSITIVE,
-    default=1,
-    show_default=True,
-    callback=_set_threads,
-    expose_value=False,
-    help="PyTorch CPU threads per process.",
-)
+@THREADS_OPTION
 @JOBS_OPTION
 @click.pass_context
 def results_command(
@@ -443,15 +644,16 @@ def results_command(
     seeds: str,
     quick: bool,
     render_only: bool,
-    backbone: str,
-    device: str,
+    backbone: BackboneChoice,
+    devices: DeviceChoice,
     progress: bool | None,
-    jobs: int,
+    jobs: int | None,
 ) -> None:
     """Regenerate docs/results.md: Table 2 layout and the continual-learning comparison.
 
     Trains and evaluates every strategy on split-digits and synthetic, both protocols (43 minutes
-    on 2 cores, measured), records the runs, writes per-scenario reports and the document.
+    on 2 cores with the demo backbone, measured), records the runs, writes per-scenario reports and
+    the document, which names the backbone and where its weights came from.
     """
     with _clean_errors():
         from scenarios.results import generate_results, render_results
@@ -459,25 +661,24 @@ def results_command(
         if render_only:
             document = render_results(report_dir)
         else:
-            from continual_mem.train import check_device
-
             seed_list = _parse_ints(seeds, "--seeds") or [0]
-            check_device(device)
-            store = _open_store(ctx)
-            model = _load_backbone(backbone)
-            command = f"cmem scenario results --seeds {','.join(map(str, seed_list))} --backbone {backbone}"
+            store, model, provenance = _prepared(ctx, backbone, devices)
+            options = " ".join(filter(None, [backbone.command_args(), devices.command_args()]))
+            command = f"cmem scenario results --seeds {','.join(map(str, seed_list))} {options}"
             document = generate_results(
                 model,
-                backbone,
+                provenance,
                 seed_list,
                 quick,
                 report_dir,
-                device,
+                devices.device,
                 limit_per_class=QUICK_LIMIT_PER_CLASS if quick else None,
-                jobs=jobs,
+                jobs=jobs or DEFAULT_JOBS[devices.kind],
                 progress=progress,
                 record=lambda r: _record(store, r),
                 command=command + (" --quick" if quick else ""),
+                budget=_budget(None, 0, quick, devices),
+                amp=devices.amp,
             )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(document)

@@ -7,14 +7,24 @@ are loaded once into one model that answers all of them (`inference`), and versi
 on labelled data (`evaluation`). No click, no web framework, no Avalanche here.
 """
 
-from .backbones import add_backbone, load_backbone, pretrain_and_add_backbone
+from .backbones import (
+    BUILTIN_BACKBONES,
+    Provenance,
+    add_backbone,
+    load_backbone,
+    one_off_backbone,
+    pretrain_and_add_backbone,
+    resolve_backbone,
+)
 from .evaluation import evaluate_version
 from .inference import LoadedTasks, Prediction, deployed_refs, load_image_files, load_versions, predict
 from .training import TrainRequest, load_task_data, train_version
 
 __all__ = [
+    "BUILTIN_BACKBONES",
     "LoadedTasks",
     "Prediction",
+    "Provenance",
     "TrainRequest",
     "add_backbone",
     "deployed_refs",
@@ -23,7 +33,9 @@ __all__ = [
     "load_image_files",
     "load_task_data",
     "load_versions",
+    "one_off_backbone",
     "predict",
     "pretrain_and_add_backbone",
+    "resolve_backbone",
     "train_version",
 ]

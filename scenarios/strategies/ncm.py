@@ -16,4 +16,4 @@ def _ncm(request: BuildRequest) -> Any:
 
 
 # Its rate is never used (nothing is trained by gradient); the fine-tuning group keeps it recorded as before.
-register("ncm", _ncm, lr_group="finetune", cost=0.1, help="nearest class mean (scikit-learn's NearestCentroid)")
+register("ncm", _ncm, lr_group="finetune", cost=0.1, help="nearest class mean on the frozen features")
