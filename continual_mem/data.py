@@ -414,9 +414,13 @@ class InputSpec:
         chans = int(backbone.patch_embed.proj.in_channels)
         return cls(int(height), chans, tuple(cfg["mean"])[:chans], tuple(cfg["std"])[:chans])
 
-    def batch(self, images: Sequence[Tensor]) -> Tensor:
-        """Images (3, H, W) in [0, 1] of any sizes, each resized on its own, as one model input."""
-        return self(batch_at_side(images, self.img_size))
+    def batch(self, images: Sequence[Tensor], device: torch.device | str | None = None) -> Tensor:
+        """Images (3, H, W) in [0, 1] of any sizes, each resized on its own, as one model input.
+
+        With `device`, the stacked images move there before they are normalised (on a GPU, one
+        copy and one kernel instead of per-image work on the host).
+        """
+        return self(batch_at_side(images, self.img_size).to(device))
 
     def __call__(self, images: Tensor) -> Tensor:
         """(N, C, H, W) in [0, 1] -> resized, channel-matched, normalised model input."""

@@ -72,6 +72,7 @@ def serve(
     GET /v1/tasks, /healthz, /readyz, /metrics. Stops on SIGTERM/SIGINT after answering what it
     has received.
     """
+    from continual_mem import __version__
     from continual_mem.serve import ServeConfig, run
     from continual_mem.train import check_device
     from store.names import check_alias
@@ -103,7 +104,7 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     click.echo(f"Serving alias {alias!r} of {store.home} on http://{host}:{port} (device {device})", err=True)
-    code = run(config, store, _version())
+    code = run(config, store, __version__)
     if code:
         raise click.exceptions.Exit(code)
 
@@ -122,12 +123,6 @@ def _check_port_free(host: str, port: int) -> None:
         except OSError as exc:
             why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
             raise click.ClickException(f"cannot listen on {host}:{port}: {why}") from None
-
-
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("continual-mem")
 
 
 COMMANDS = [serve]

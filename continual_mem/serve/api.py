@@ -199,7 +199,9 @@ async def _predict(request: Request, many: bool) -> JSONResponse:
     snapshot = state.deployment.snapshot
     tasks = await resolve_tasks(snapshot, asked.tasks, state.loader)
     decode_started = time.perf_counter()
-    images = await asyncio.to_thread(decode_images, asked.images, state.config.max_pixels)
+    sides = {t.backbone.spec.img_size for t in tasks}
+    side = sides.pop() if len(sides) == 1 else None
+    images = await asyncio.to_thread(decode_images, asked.images, state.config.max_pixels, side)
     decoded = time.perf_counter()
     try:
         answer, timing = await state.batcher.submit(Job(tuple(images), tuple(tasks), asked.top_k))

@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -55,12 +56,21 @@ class BatchStats:
 
 
 @dataclass
+class _Output:
+    """Logits (rows, C) of one task version on the device, and whose rows they are."""
+
+    logits: Tensor
+    task: ServedTask
+    owners: list[tuple[int, int]]  # (job, first row of its images)
+
+
+@dataclass
 class _Batch:
-    """One batch as it runs: its jobs and, per job, the probabilities found so far and the passes."""
+    """One batch as it runs: its jobs, the outputs found so far, and each job's backbone passes."""
 
     jobs: Sequence[Job]
     stats: BatchStats
-    probs: list[dict[str, Tensor]]
+    outputs: list[_Output]
     passes: list[int]
 
 
@@ -89,12 +99,12 @@ class Engine:
     def run(self, jobs: Sequence[Job]) -> tuple[list[JobAnswer], BatchStats]:
         start = time.perf_counter()
         stats = BatchStats(images=sum(len(j.images) for j in jobs), requests=len(jobs))
-        batch = _Batch(jobs, stats, [{} for _ in jobs], [0] * len(jobs))
+        batch = _Batch(jobs, stats, [], [0] * len(jobs))
         for backbone in {id(t.backbone): t.backbone for job in jobs for t in job.tasks}.values():
             group = self._group(batch, backbone)
             self._run_reuse(batch, group)
             self._run_full(batch, group)
-        answers = [self._answer(job, p, n) for job, p, n in zip(jobs, batch.probs, batch.passes)]
+        answers = self._answers(batch)
         self._trim()
         stats.seconds = time.perf_counter() - start
         return answers, stats
@@ -108,7 +118,7 @@ class Engine:
             if own:
                 rows[j] = range(len(images), len(images) + len(batch.jobs[j].images))
                 images.extend(batch.jobs[j].images)
-        inputs = backbone.spec.batch(images).to(self.device)
+        inputs = backbone.spec.batch(images, self.device)
         return _Group(self._model(backbone), inputs, rows, {j: own for j, own in tasks.items() if own})
 
     def _run_reuse(self, batch: _Batch, group: _Group) -> None:
@@ -122,13 +132,11 @@ class Engine:
         inputs = group.inputs if len(index) == group.inputs.shape[0] else group.inputs[torch.tensor(index)]
         logits = group.model.forward_reuse(inputs, list(slots.values()), backbone_outputs=False).logits
         batch.stats.tasks_per_reuse_pass.append(len(union))
-        offset = 0
+        first = dict(zip(wanted, accumulate((len(group.rows[j]) for j in wanted), initial=0)))
+        for key, task in union.items():
+            owners = [(j, first[j]) for j in wanted if any(t.key == key for t in group.tasks[j])]
+            batch.outputs.append(_Output(logits[slots[key]], task, owners))
         for j in wanted:
-            n = len(group.rows[j])
-            for t in group.tasks[j]:
-                if t.mode == "reuse":
-                    batch.probs[j][t.task] = logits[slots[t.key]][offset : offset + n].float().softmax(-1)
-            offset += n
             batch.passes[j] += 1
 
     def _run_full(self, batch: _Batch, group: _Group) -> None:
@@ -148,7 +156,7 @@ class Engine:
         offset = 0
         for j, t in pairs:
             n = len(group.rows[j])
-            batch.probs[j][t.task] = logits[offset : offset + n, : len(t.class_names)].float().softmax(-1)
+            batch.outputs.append(_Output(logits[offset : offset + n, : len(t.class_names)], t, [(j, 0)]))
             offset += n
             batch.passes[j] += 1
         batch.stats.full_task_runs += len(pairs)
@@ -182,12 +190,22 @@ class Engine:
             owners[owner].remove_task(old_slot)
 
     # ------------------------------------------------------------------------------ answers
-    @staticmethod
-    def _answer(job: Job, probs: dict[str, Tensor], passes: int) -> JobAnswer:
-        per_image: list[dict[str, list[TopLabel]]] = [{} for _ in job.images]
-        for t in job.tasks:
-            p = probs[t.task]
-            values, index = p.topk(min(job.top_k, p.shape[1]), dim=-1)
-            for i, (vs, ix) in enumerate(zip(values.tolist(), index.tolist())):
-                per_image[i][t.task] = [TopLabel(t.class_names[c], v) for v, c in zip(vs, ix)]
-        return JobAnswer(per_image, passes)
+    def _answers(self, batch: _Batch) -> list[JobAnswer]:
+        """Softmax and top-k of every output on the device, then ONE copy to the host for all of them."""
+        k = max(job.top_k for job in batch.jobs)
+        tops = [out.logits.float().softmax(-1).topk(min(k, out.logits.shape[1]), dim=-1) for out in batch.outputs]
+        values = torch.cat([v.flatten() for v, _ in tops]).tolist() if tops else []
+        index = torch.cat([i.flatten() for _, i in tops]).tolist() if tops else []
+        per_image: list[list[dict[str, list[TopLabel]]]] = [[{} for _ in job.images] for job in batch.jobs]
+        start = 0
+        for out, (top_values, _) in zip(batch.outputs, tops):
+            rows, width = top_values.shape
+            names = out.task.class_names
+            for j, first in out.owners:
+                keep = min(batch.jobs[j].top_k, width)
+                for image in range(len(batch.jobs[j].images)):
+                    at = start + (first + image) * width
+                    labels = zip(values[at : at + keep], index[at : at + keep])
+                    per_image[j][image][out.task.task] = [TopLabel(names[c], v) for v, c in labels]
+            start += rows * width
+        return [JobAnswer(images, passes) for images, passes in zip(per_image, batch.passes)]

@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from continual_mem.images import ImageError, ImageTooLargeError, UnsupportedImageError, decode_image
+from continual_mem.images import ImageError, ImageTooLargeError, UnsupportedImageError, decode_image, to_side
 from store import NotFoundError, StoreError
 from store.names import MAX_VERSION, parse_ref
 
@@ -210,16 +210,18 @@ async def _resolve_one(snapshot: Snapshot, item: str, loader: SnapshotLoader) ->
 
 
 # ---------------------------------------------------------------------------------- images
-def decode_images(images: list[tuple[str, bytes]], max_pixels: int) -> list[Any]:
-    """Decode every image (in a worker thread); the first bad one refuses the request."""
+def decode_images(images: list[tuple[str, bytes]], max_pixels: int, side: int | None) -> list[Any]:
+    """Decode every image (in a worker thread, beside inference), resized to `side` when the tasks
+    asked for share one backbone; the first bad image refuses the request."""
     decoded = []
     for name, data in images:
         try:
-            decoded.append(decode_image(data, name, max_pixels))
+            image = decode_image(data, name, max_pixels)
         except ImageTooLargeError as exc:
             raise ApiError(413, str(exc)) from None
         except UnsupportedImageError as exc:
             raise ApiError(415, str(exc)) from None
         except ImageError as exc:
             raise ApiError(422, str(exc)) from None
+        decoded.append(image if side is None else to_side(image, side))
     return decoded
