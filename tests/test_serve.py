@@ -536,6 +536,7 @@ def test_the_serving_benchmark_runs_and_reports_every_figure(tmp_path) -> None:
     ):
         assert result[key] > 0, key
     assert (result["non_2xx_during_moves"], result["version_went_back"], result["bad_requests_5xx"]) == (0, 0, 0)
+    assert result["moves_not_served_before_next"] == 0
     assert result["bad_requests"] >= 25 and result["good_after_bad"] == 200 and result["server_exit_code"] == 0
 
 
