@@ -18,6 +18,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from . import avalanche_deprecations_dropped
+from .backbone_cache import BackboneCache, deterministic_input
 from .benchmarks import Protocol, Scenario, ScenarioError
 from .metrics import (
     BWT_KEY,
@@ -105,14 +106,18 @@ def run_strategy(
     progress: bool | None = None,
     after_experience: Callable[[int, Any], None] | None = None,
     amp: bool = False,
+    backbone_cache: BackboneCache | None = None,
 ) -> RunResult:
     """Train `spec` through the scenario's experiences; evaluate the seen ones after each.
 
     `after_experience(i, strategy)` runs after experience i's evaluation (tests use it to look at
-    the model). `progress=None` shows a progress bar on terminals only.
+    the model). `progress=None` shows a progress bar on terminals only. `backbone_cache`: the
+    frozen backbone's outputs per image, for reuse-mode models (those with a `backbone_cache`
+    attribute), unless the scenario's training images are randomly augmented; results are the same
+    with or without it.
     """
     with precision(device, amp):
-        return _run(scenario, spec, backbone, budget, device, amp, route, progress, after_experience)
+        return _run(scenario, spec, backbone, budget, device, amp, route, progress, after_experience, backbone_cache)
 
 
 def _run(
@@ -125,6 +130,7 @@ def _run(
     route: Route,
     progress: bool | None,
     after_experience: Callable[[int, Any], None] | None,
+    backbone_cache: BackboneCache | None,
 ) -> RunResult:
     from avalanche.training.determinism.rng_manager import RNGManager
     from tqdm.auto import tqdm
@@ -132,6 +138,7 @@ def _run(
     RNGManager.set_random_seeds(budget.seed)
     free = pretrained_keys(backbone)
     strategy = build_strategy(spec, scenario, copy.deepcopy(backbone), budget, device, route)
+    cached = _attach_cache(strategy.model, scenario, backbone_cache)
     train_stream, test_stream = scenario.benchmark.train_stream, scenario.benchmark.test_stream
     matrix: list[list[float]] = []
     train_time = eval_time = 0.0
@@ -163,6 +170,8 @@ def _run(
     task_ids = task_id_accuracies(metrics)
     counter = next(p for p in strategy.plugins if isinstance(p, TrainableCounter))
     probe, probe_experience = _probe(scenario, device)
+    if cached:  # serving counts the backbone passes it would run, not the cache's
+        strategy.model.backbone_cache = None
     passes = passes_to_serve_all(strategy, probe, probe_experience)
     summary: dict[str, Any] = {
         "average_accuracy": average_accuracy(matrix),
@@ -187,8 +196,19 @@ def _run(
         "route": route if scenario.protocol == "class" and spec.entry.routed else None,
         "device": device,
         "amp": amp,
+        "backbone_cache": cached,
     }
     return RunResult(scenario.name, spec.label, scenario.protocol, matrix, summary, config, wall)
+
+
+def _attach_cache(model: Any, scenario: Scenario, cache: BackboneCache | None) -> bool:
+    """Give `model` the cache if it takes one (reuse-mode memory models) and the input is deterministic."""
+    if cache is None or not hasattr(model, "backbone_cache"):
+        return False
+    if getattr(model, "full_attention", False) or not deterministic_input(scenario.benchmark.train_stream[0].dataset):
+        return False
+    model.backbone_cache = cache
+    return True
 
 
 def _one_size(sizes: set[tuple[int, int]]) -> list[int]:
@@ -253,11 +273,12 @@ class _Worker:
 
     backbone: ClassVar[VisionTransformer | None] = None
     scenarios: ClassVar[dict[ScenarioKey, Scenario]] = {}
+    cache: ClassVar[BackboneCache | None] = None
 
     @classmethod
     def start(cls, backbone: VisionTransformer, threads: int) -> None:
         torch.set_num_threads(threads)
-        cls.backbone, cls.scenarios = backbone, {}
+        cls.backbone, cls.scenarios, cls.cache = backbone, {}, BackboneCache()
 
     @classmethod
     def run(cls, request: RunRequest) -> RunResult:
@@ -266,7 +287,15 @@ class _Worker:
             cls.scenarios[request.scenario] = request.scenario.build(cls.backbone)
         scenario = cls.scenarios[request.scenario]
         return run_strategy(
-            scenario, request.spec, cls.backbone, request.budget, request.device, request.route, False, amp=request.amp
+            scenario,
+            request.spec,
+            cls.backbone,
+            request.budget,
+            request.device,
+            request.route,
+            False,
+            amp=request.amp,
+            backbone_cache=cls.cache,
         )
 
 
