@@ -232,13 +232,16 @@ class ScenarioKey:
     download: bool = False
     n_experiences: int | None = None
     first_classes: int | None = None
+    #: Train on 80% of the training data, test on the other 20% (`scenarios.validation`), not on the test data.
+    validation: bool = False
 
     def build(self, backbone: VisionTransformer) -> Scenario:
         from continual_mem.data import InputSpec
 
         from .benchmarks import build_scenario
+        from .validation import validation_scenario
 
-        return build_scenario(
+        scenario = build_scenario(
             self.name,
             InputSpec.from_backbone(backbone),
             self.protocol,
@@ -248,6 +251,7 @@ class ScenarioKey:
             download=self.download,
             first_classes=self.first_classes,
         )
+        return validation_scenario(scenario) if self.validation else scenario
 
 
 @dataclass(frozen=True)
