@@ -143,7 +143,7 @@ def _run(
     matrix: list[list[float]] = []
     train_time = eval_time = 0.0
     metrics: dict[str, float] = {}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(
         list(train_stream),
         desc=f"{scenario.name}/{scenario.protocol}/{spec.label}",
@@ -164,7 +164,7 @@ def _run(
         bar.set_postfix(acc=f"{average_accuracy(matrix):.3f}")
         if after_experience is not None:
             after_experience(i, strategy)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     n = scenario.n_experiences
     stored = stored_bytes(strategy, free)
     task_ids = task_id_accuracies(metrics)
@@ -187,6 +187,8 @@ def _run(
         "model_input_size": _one_size(passes.sizes),
         "train_time_s": train_time,
         "eval_time_s": eval_time,
+        # CPU seconds of the run (one thread): about its wall time on an idle core, whatever the load
+        "cpu_time_s": cpu,
     }
     config = {
         **scenario.describe(),
