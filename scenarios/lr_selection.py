@@ -131,4 +131,4 @@ def chosen_table(chosen: Sequence[Selection]) -> str:
             text = f"{rates_text(c.rates)} -> {100 * c.validation_accuracy:.1f}"
             cells.append(f"**{text}**" if c.rates == s.chosen else text)
         lines.append(f"| {s.scenario} | {s.label} | {'; '.join(cells)} | {rates_text(s.chosen)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)

@@ -149,7 +149,7 @@ def timing_table(command: str, elapsed_s: float, quick: bool) -> str:
         if not quick and command.startswith(name):
             after = f"{elapsed_s / 60:.1f} min (this run)"
         lines.append(f"| `{name}` | {before} | {after} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def render_results(report_dir: Path) -> str:
