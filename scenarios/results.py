@@ -18,6 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .benchmarks import Protocol, ScenarioError
 from .l2p import POOL_SIZE, PROMPT_LENGTH, TOP_K
+from .lr_selection import Selection, chosen_budget, chosen_table, rate_label, selection_requests, selections
 from .metrics import definitions as metric_definitions
 from .report import (
     TABLE2_COLUMNS,
@@ -66,28 +67,47 @@ def generate_results(
     """Run the whole plan (Table 2 cells over every seed, the rest on the first) and write the
     reports; returns the markdown of docs/results.md.
 
+    Table 2's regimes first choose their learning rates on validation splits of the training data
+    (`scenarios.lr_selection`, not recorded in the store), alongside the runs that need no choice;
+    then the chosen rates train and test the rest.
+
     `provenance`: the backbone's name, timm architecture, weights sha256 and source, recorded with
     every run and named in the document; `budget`: the default (or quick) one unless given.
     """
     base = budget or (QUICK_BUDGET if quick else Budget())
+    keys = [
+        ScenarioKey(n, p, limit_per_class=limit_per_class) for n, protocols in RESULT_PLAN.items() for p in protocols
+    ]
+    select = selection_requests(
+        [k for k in keys if k.protocol == "task"], compare_specs("task"), replace(base, seed=seeds[0]), device, amp
+    )
     requests = []
-    for name, protocols in RESULT_PLAN.items():
-        for protocol in protocols:
-            key = ScenarioKey(name, protocol, limit_per_class=limit_per_class)
-            for spec in compare_specs(protocol):
-                in_table2 = protocol == "task" and spec.label in TABLE2_COLUMNS
-                requests += [
-                    RunRequest(key, spec, replace(base, seed=s), device, amp=amp)
-                    for s in (seeds if in_table2 else seeds[:1])
-                ]
+    for key in keys:
+        for spec in compare_specs(key.protocol):
+            in_table2 = key.protocol == "task" and spec.label in TABLE2_COLUMNS
+            requests += [
+                RunRequest(key, spec, replace(base, seed=s), device, amp=amp)
+                for s in (seeds if in_table2 else seeds[:1])
+            ]
 
     def keep(request: RunRequest, result: RunResult) -> None:
         result.config.update(backbone=provenance, quick=quick)
-        if record is not None:
+        if record is not None and not request.scenario.validation:
             record(result)
 
     start = time.perf_counter()
-    results = run_requests(requests, backbone, jobs, torch.get_num_threads(), keep, progress)
+    tuned = [i for i, r in enumerate(requests) if rate_label(r.spec.label) is not None]
+    fixed = sorted(set(range(len(requests))) - set(tuned))
+    first = run_requests(
+        [*select, *(requests[i] for i in fixed)], backbone, jobs, torch.get_num_threads(), keep, progress
+    )
+    chosen = selections(select, first[: len(select)])
+    for i in tuned:
+        r = requests[i]
+        requests[i] = replace(r, budget=chosen_budget(r.budget, r.scenario.name, r.spec.label, chosen))
+    second = run_requests([requests[i] for i in tuned], backbone, jobs, torch.get_num_threads(), keep, progress)
+    by_index = dict(zip(fixed, first[len(select) :])) | dict(zip(tuned, second))
+    results = [by_index[i] for i in range(len(requests))]
     for name, protocols in RESULT_PLAN.items():
         for protocol in protocols:
             first = [r for r in _first_seed(results, seeds[0]) if (r.scenario, r.protocol) == (name, protocol)]
@@ -102,9 +122,34 @@ def generate_results(
         "elapsed_s": time.perf_counter() - start,
         "generated_at": datetime.now(UTC).isoformat(),
         "results": [r.to_dict() for r in results],
+        "lr_selection": [c.to_dict() for c in chosen],
     }
     (report_dir / ALL_RESULTS).write_text(json.dumps(run, indent=1))
     return render_results(report_dir)
+
+
+#: Wall times measured on this machine kind (2 CPU cores), before and after issue 10.
+MEASURED_TIMES: dict[str, tuple[str, str]] = {
+    "cmem scenario results --seeds 0,1,2": ("43 min (idle)", "not measured"),
+    "cmem scenario compare split-digits": ("878 s (idle)", "not measured"),
+}
+LR_NOTE = (
+    "Each Table 2 regime trains once per candidate rate on a validation split of its scenario (80% of each "
+    "class's training images to train, 20% to score; the test data is never read), task protocol, first seed; "
+    "the best validation average accuracy wins. Memory with full attention uses the rate chosen for the same "
+    "size in reuse mode. Every run of those labels (both protocols, every seed) trains with the chosen rate; "
+    "the other strategies keep the budget's rates."
+)
+
+
+def timing_table(command: str, elapsed_s: float, quick: bool) -> str:
+    """Markdown: the measured before/after wall times, this run's own where it is one of them."""
+    lines = ["| command | before | after |", "|---|---:|---:|"]
+    for name, (before, after) in MEASURED_TIMES.items():
+        if not quick and command.startswith(name):
+            after = f"{elapsed_s / 60:.1f} min (this run)"
+        lines.append(f"| `{name}` | {before} | {after} |")
+    return "\n".join(lines)
 
 
 def render_results(report_dir: Path) -> str:
@@ -124,6 +169,7 @@ def render_results(report_dir: Path) -> str:
         run["elapsed_s"],
         datetime.fromisoformat(run["generated_at"]),
         run.get("machine") or machine_text("cpu"),  # kept since issue 15; older folders: this machine
+        [Selection.from_dict(c) for c in run.get("lr_selection", [])],  # kept since issue 10
     )
 
 
@@ -321,6 +367,7 @@ def results_markdown(
     elapsed_s: float,
     generated_at: datetime,
     machine: str,
+    chosen: Sequence[Selection] = (),
 ) -> str:
     cells: dict[str, dict[str, list[float]]] = {}
     params: dict[str, dict[str, float]] = {}
@@ -346,6 +393,9 @@ def results_markdown(
             "> **Quick run** (1 epoch, few images per class): it checks the pipeline; its numbers mean nothing.",
             "",
         ]
+    out += ["## Run time", "", timing_table(command, elapsed_s, quick), ""]
+    if chosen:
+        out += ["## Learning rates chosen on validation", "", LR_NOTE, "", chosen_table(chosen), ""]
     out += ["## Setup", "", *_setup_lines(facts, budget, seeds, results), ""]
     out += [
         "## Table 2 layout: task-incremental average accuracy (%)",

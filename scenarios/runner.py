@@ -18,6 +18,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from . import avalanche_deprecations_dropped
+from .backbone_cache import BackboneCache, deterministic_input
 from .benchmarks import Protocol, Scenario, ScenarioError
 from .metrics import (
     BWT_KEY,
@@ -105,14 +106,18 @@ def run_strategy(
     progress: bool | None = None,
     after_experience: Callable[[int, Any], None] | None = None,
     amp: bool = False,
+    backbone_cache: BackboneCache | None = None,
 ) -> RunResult:
     """Train `spec` through the scenario's experiences; evaluate the seen ones after each.
 
     `after_experience(i, strategy)` runs after experience i's evaluation (tests use it to look at
-    the model). `progress=None` shows a progress bar on terminals only.
+    the model). `progress=None` shows a progress bar on terminals only. `backbone_cache`: the
+    frozen backbone's outputs per image, for reuse-mode models (those with a `backbone_cache`
+    attribute), unless the scenario's training images are randomly augmented; results are the same
+    with or without it.
     """
     with precision(device, amp):
-        return _run(scenario, spec, backbone, budget, device, amp, route, progress, after_experience)
+        return _run(scenario, spec, backbone, budget, device, amp, route, progress, after_experience, backbone_cache)
 
 
 def _run(
@@ -125,6 +130,7 @@ def _run(
     route: Route,
     progress: bool | None,
     after_experience: Callable[[int, Any], None] | None,
+    backbone_cache: BackboneCache | None,
 ) -> RunResult:
     from avalanche.training.determinism.rng_manager import RNGManager
     from tqdm.auto import tqdm
@@ -132,11 +138,12 @@ def _run(
     RNGManager.set_random_seeds(budget.seed)
     free = pretrained_keys(backbone)
     strategy = build_strategy(spec, scenario, copy.deepcopy(backbone), budget, device, route)
+    cached = _attach_cache(strategy.model, scenario, backbone_cache)
     train_stream, test_stream = scenario.benchmark.train_stream, scenario.benchmark.test_stream
     matrix: list[list[float]] = []
     train_time = eval_time = 0.0
     metrics: dict[str, float] = {}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(
         list(train_stream),
         desc=f"{scenario.name}/{scenario.protocol}/{spec.label}",
@@ -157,12 +164,14 @@ def _run(
         bar.set_postfix(acc=f"{average_accuracy(matrix):.3f}")
         if after_experience is not None:
             after_experience(i, strategy)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     n = scenario.n_experiences
     stored = stored_bytes(strategy, free)
     task_ids = task_id_accuracies(metrics)
     counter = next(p for p in strategy.plugins if isinstance(p, TrainableCounter))
     probe, probe_experience = _probe(scenario, device)
+    if cached:  # serving counts the backbone passes it would run, not the cache's
+        strategy.model.backbone_cache = None
     passes = passes_to_serve_all(strategy, probe, probe_experience)
     summary: dict[str, Any] = {
         "average_accuracy": average_accuracy(matrix),
@@ -178,6 +187,8 @@ def _run(
         "model_input_size": _one_size(passes.sizes),
         "train_time_s": train_time,
         "eval_time_s": eval_time,
+        # CPU seconds of the run (one thread): about its wall time on an idle core, whatever the load
+        "cpu_time_s": cpu,
     }
     config = {
         **scenario.describe(),
@@ -187,8 +198,19 @@ def _run(
         "route": route if scenario.protocol == "class" and spec.entry.routed else None,
         "device": device,
         "amp": amp,
+        "backbone_cache": cached,
     }
     return RunResult(scenario.name, spec.label, scenario.protocol, matrix, summary, config, wall)
+
+
+def _attach_cache(model: Any, scenario: Scenario, cache: BackboneCache | None) -> bool:
+    """Give `model` the cache if it takes one (reuse-mode memory models) and the input is deterministic."""
+    if cache is None or not hasattr(model, "backbone_cache"):
+        return False
+    if getattr(model, "full_attention", False) or not deterministic_input(scenario.benchmark.train_stream[0].dataset):
+        return False
+    model.backbone_cache = cache
+    return True
 
 
 def _one_size(sizes: set[tuple[int, int]]) -> list[int]:
@@ -212,13 +234,16 @@ class ScenarioKey:
     download: bool = False
     n_experiences: int | None = None
     first_classes: int | None = None
+    #: Train on 80% of the training data, test on the other 20% (`scenarios.validation`), not on the test data.
+    validation: bool = False
 
     def build(self, backbone: VisionTransformer) -> Scenario:
         from continual_mem.data import InputSpec
 
         from .benchmarks import build_scenario
+        from .validation import validation_scenario
 
-        return build_scenario(
+        scenario = build_scenario(
             self.name,
             InputSpec.from_backbone(backbone),
             self.protocol,
@@ -228,6 +253,7 @@ class ScenarioKey:
             download=self.download,
             first_classes=self.first_classes,
         )
+        return validation_scenario(scenario) if self.validation else scenario
 
 
 @dataclass(frozen=True)
@@ -253,11 +279,12 @@ class _Worker:
 
     backbone: ClassVar[VisionTransformer | None] = None
     scenarios: ClassVar[dict[ScenarioKey, Scenario]] = {}
+    cache: ClassVar[BackboneCache | None] = None
 
     @classmethod
     def start(cls, backbone: VisionTransformer, threads: int) -> None:
         torch.set_num_threads(threads)
-        cls.backbone, cls.scenarios = backbone, {}
+        cls.backbone, cls.scenarios, cls.cache = backbone, {}, BackboneCache()
 
     @classmethod
     def run(cls, request: RunRequest) -> RunResult:
@@ -266,7 +293,15 @@ class _Worker:
             cls.scenarios[request.scenario] = request.scenario.build(cls.backbone)
         scenario = cls.scenarios[request.scenario]
         return run_strategy(
-            scenario, request.spec, cls.backbone, request.budget, request.device, request.route, False, amp=request.amp
+            scenario,
+            request.spec,
+            cls.backbone,
+            request.budget,
+            request.device,
+            request.route,
+            False,
+            amp=request.amp,
+            backbone_cache=cls.cache,
         )
 
 

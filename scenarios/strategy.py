@@ -42,6 +42,7 @@ from continual_mem.adapter import AttentionMode
 from continual_mem.model import MemoryViT
 from continual_mem.train import TrainConfig
 
+from .backbone_cache import BackboneCache, reuse_pass
 from .benchmarks import Protocol
 from .metrics import tasks_of_classes
 
@@ -216,6 +217,8 @@ class MemoryTokenModel(MultiTaskModule):
         self.untrained_classes: dict[int, list[int]] = {}
         self.last_features: Tensor | None = None
         self.last_routes: dict[Route, Tensor] = {}
+        #: Reuse mode: per-image backbone outputs shared by a process's runs (`scenarios.backbone_cache`).
+        self.backbone_cache: BackboneCache | None = None
 
     # ------------------------------------------------------------------------------- adaptation
     def adaptation(self, experience) -> None:
@@ -303,15 +306,17 @@ class MemoryTokenModel(MultiTaskModule):
         name = self.task_names[task]
         if self.full_attention:
             return self.vit.forward_full(x, name)
-        out = self.vit.forward_reuse(x, [name])
-        self.last_features = out.features
-        return out.logits[name]
+        return self._reuse_pass(x, [name])[name]
 
     def _reuse_logits(self, x: Tensor) -> list[Tensor]:
         """Every task's head logits from one reuse pass (which also keeps the backbone features)."""
-        out = self.vit.forward_reuse(x, self.task_names)
-        self.last_features = out.features
-        return [out.logits[name] for name in self.task_names]
+        logits = self._reuse_pass(x, self.task_names)
+        return [logits[name] for name in self.task_names]
+
+    def _reuse_pass(self, x: Tensor, names: list[str]) -> dict[str, Tensor]:
+        """One reuse pass (over the cache's backbone outputs, if any); keeps the pooled features."""
+        logits, self.last_features = reuse_pass(self.vit, x, names, self.backbone_cache)
+        return logits
 
     def _forward_train(self, x: Tensor, task_labels: Tensor | int) -> Tensor:
         """The task being learned, the newest one."""

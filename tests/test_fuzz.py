@@ -389,7 +389,7 @@ CASES = [
     Case(
         "scenario-absurd-memory",
         "scenario run split-digits -s memory-99999999 --backbone random",
-        "more memory tokens per layer than the 17 tokens",
+        "more memory tokens per layer than the 65 tokens",
     ),
     Case("scenario-memory-0", "scenario run split-digits -s memory-0 --backbone random", "memory size must be >= 1"),
     Case("scenario-protocol", "scenario run split-digits -s memory --protocol bogus", "Invalid value", code=2),

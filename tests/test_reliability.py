@@ -282,7 +282,7 @@ def test_5_memory_sizes_that_cannot_make_sense_are_refused(home) -> None:
         result = invoke(home, "task", "train", "low", "--data", LOW_DATA, "--memory", size, "--steps", "1")
         assert_refused(result, "more memory tokens per layer than the 17 tokens")
     scenario = invoke(home, "scenario", "run", "split-digits", "-s", "memory-99999999", "--backbone", "random")
-    assert_refused(scenario, "more memory tokens per layer than the 17 tokens")
+    assert_refused(scenario, "more memory tokens per layer than the 65 tokens")
     assert snapshot(home) == before
 
 

@@ -589,6 +589,7 @@ def test_results_command_quick(tmp_path) -> None:
     assert out.exit_code == 0, out.output
     document = (tmp_path / "results.md").read_text()
     assert "Table 2 layout" in document
+    assert "## Learning rates chosen on validation" in document and "| split-digits | memory-20 |" in document
     again = CliRunner().invoke(
         scenario_group,
         ["results", "--render-only", "--out", str(tmp_path / "again.md"), "--report-dir", str(tmp_path / "reports")],
