@@ -214,7 +214,7 @@ def _check_memory_sizes(model: Any, specs: list[Any]) -> None:
     from continual_mem.model import check_memory_tokens
 
     for spec in specs:
-        if spec.name == "memory":
+        if spec.entry.takes_memory:
             check_memory_tokens(model, spec.memory)
 
 
