@@ -101,7 +101,9 @@ def test_adapters_never_forget_and_the_backbone_never_changes(backbone, scenario
         state = {**model.bottlenecks[f"exp{i}"].state_dict(), **model.vit.tasks[f"exp{i}"].state_dict()}
         kept[i] = {k: v.clone() for k, v in state.items()}
 
-    result = run_strategy(scenario, StrategySpec.parse(label), backbone, FAST, progress=False, after_experience=snapshot)
+    result = run_strategy(
+        scenario, StrategySpec.parse(label), backbone, FAST, progress=False, after_experience=snapshot
+    )
     final = models[-1]
     for i, logits in when_learned.items():
         with torch.no_grad():
