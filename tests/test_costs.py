@@ -94,3 +94,74 @@ def test_attention_on_the_cpu_is_counted() -> None:
     k = torch.randn(2, 3, 11, 16)
     flops = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, k))
     assert flops == 2 * 2 * 3 * (7 * 11 * 16 + 7 * 11 * 16)
+
+
+def test_results_document_has_tables_4_and_5(tmp_path) -> None:
+    """`cmem scenario results --render-only` renders Table 4 from the runs and Table 5 from the kept costs."""
+    import json
+    from dataclasses import asdict, replace
+
+    from test_scenarios import _fake_result
+
+    from scenarios.results import ALL_RESULTS, render_results
+    from scenarios.runner import Budget
+
+    runs = []
+    for protocol, labels in (
+        ("task", ("memory-full-5", "memory-5", "adapter-5", "memory-5+adapter-5")),
+        ("class", ("memory-5", "adapter-5", "memory-5+adapter-5")),
+    ):
+        for i, label in enumerate(labels):
+            run = _fake_result(label, protocol, 0.9 + i / 100)
+            run.metrics["backbone_passes_to_serve_all"] = 5.0 + (protocol == "class") if "adapter" in label else 1.0
+            runs.append(run)
+    backbone, finetuned = _backbones("meta")
+    rows = regime_costs(backbone, "tiny", finetuned, C, SIZES, R)
+    rows = [replace(r, regime=r.regime.replace(f"adapter-{R}", "adapter-5")) for r in rows]
+    costs = {
+        "head_classes": C,
+        "shared_tasks": SHARED_TASKS,
+        "bottleneck": 5,
+        "torch": torch.__version__,
+        "architectures": {
+            "ViT-B/16": {
+                "architecture": "tiny",
+                "tokens": N,
+                "depth": L,
+                "dim": D,
+                "img_size": [IMG] * 2,
+                "rows": [asdict(r) for r in rows],
+            }
+        },
+    }
+    facts = {
+        "architecture": "vit",
+        "config": {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 192, "num_heads": 3},
+        "parameters": 1e6,
+        "sha256": "ab" * 32,
+    }
+    kept = {
+        "facts": facts,
+        "budget": vars(Budget()),
+        "seeds": [0],
+        "quick": False,
+        "command": "cmem scenario results",
+        "elapsed_s": 60.0,
+        "generated_at": "2026-01-01T00:00:00+00:00",
+        "results": [r.to_dict() for r in runs],
+        "costs": costs,
+    }
+    (tmp_path / ALL_RESULTS).write_text(json.dumps(kept))
+    doc = render_results(tmp_path)
+    assert "## Table 4 layout" in doc and "## Table 5 layout" in doc
+    assert "| paper, iNaturalist, accuracy (%) | 50.1 | – | 49.9 | 50.3 |" in doc
+    assert "| ours, split-digits, task-incremental, accuracy (%) | 90.0 | 91.0 | 92.0 | 93.0 |" in doc
+    assert "| ours, split-digits, class-incremental, accuracy (%) | – | 90.0 | 91.0 | 92.0 |" in doc
+    assert (
+        "| ours, backbone passes per image to serve all 5 tasks | task: 1 | task: 1, class: 1 | task: 5, class: 6 |"
+        in doc
+    )
+    memory_5 = L * 5 * D + D
+    assert f"{memory_5:,} | {memory_5:,} | {count_bottleneck_parameters(L, D, R) + D:,} |" in doc
+    assert f"| memory-full-5 | {L * 5 * D + D + (D + 1) * C:,} | " in doc
+    assert "| adapter-5 | " in doc and "T (class-IL: T + 1) |" in doc
