@@ -255,11 +255,11 @@ def checks(results: Sequence[RunResult]) -> list[str]:
                 f"full fine-tuning {pct(full)}% ({behind:.1f} points behind; claim <= 3: "
                 f"**{'holds' if behind <= 3 else 'does not hold'}**)."
             )
-    memory_runs = [r for r in results if r.protocol == "task" and r.strategy.startswith(("memory", "head"))]
+    memory_runs = [r for r in results if r.protocol == "task" and r.strategy.startswith(("memory", "head", "adapter"))]
     if memory_runs:
         worst = max(abs(r.metrics["forgetting"]) for r in memory_runs)
         lines.append(
-            f"- Forgetting of every memory / head run, task-incremental ({len(memory_runs)} runs): max |F| = "
+            f"- Forgetting of every memory / head / adapter run, task-incremental ({len(memory_runs)} runs): max |F| = "
             f"{worst!r} (**{'exactly 0' if worst == 0.0 else 'not 0'}**)."
         )
     for protocol in ("task", "class"):
