@@ -402,8 +402,8 @@ CASES = [
     ),
     Case(
         "scenario-absurd-memory-with-adapter",
-        "scenario run split-digits -s memory-99+adapter-5 --backbone random",
-        "more memory tokens per layer than the 17 tokens",
+        "scenario run split-digits -s memory-999+adapter-5 --backbone random",
+        "more memory tokens per layer than the 65 tokens",
     ),
     Case("scenario-protocol", "scenario run split-digits -s memory --protocol bogus", "Invalid value", code=2),
     Case("scenario-epochs-0", "scenario run split-digits -s memory --epochs 0", "Invalid value", code=2),
