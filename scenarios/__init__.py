@@ -2,11 +2,13 @@
 
 Modules: `benchmarks` (split-digits, synthetic, image folders, torchvision sets as Avalanche
 benchmarks), `strategies` (the registry of every strategy a scenario runs: how to build it, its
-learning rate, protocols and cost), `strategy` (the memory-token strategy), `baselines` (Naive,
+learning rate, protocols and cost), `strategy` (the memory-token strategy), `bottleneck` (per-task
+bottleneck adapters, alone and with memory), `baselines` (Naive,
 EWC, LwF, Replay, Cumulative, per-task fine-tuning, NCM), `l2p` (the compatibility layer that runs
 Avalanche's LearningToPrompt on our backbone), `plugins` (the shared learning-rate schedule and
 parameter counter), `metrics` (defined in `metrics.md`), `runner` (train/evaluate one strategy),
-`report` and `results` (tables, plots, docs/results.md). The `cmem scenario` commands that drive
+`report` and `results` (tables, plots, docs/results.md), `costs` and `paper_tables` (each regime's
+measured parameters and FLOPs; the paper's Tables 4 and 5). The `cmem scenario` commands that drive
 them are in `continual_mem.cli.scenario`.
 
 Importing this package imports neither torch, timm nor Avalanche. It installs `quiet_avalanche`'s

@@ -17,9 +17,11 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from .benchmarks import Protocol, ScenarioError
+from .costs import measure_costs
 from .l2p import POOL_SIZE, PROMPT_LENGTH, TOP_K
 from .lr_selection import Selection, chosen_budget, chosen_table, rate_label, selection_requests, selections
 from .metrics import definitions as metric_definitions
+from .paper_tables import paper_sections
 from .report import (
     TABLE2_COLUMNS,
     TABLE2_HEADERS,
@@ -123,6 +125,7 @@ def generate_results(
         "generated_at": datetime.now(UTC).isoformat(),
         "results": [r.to_dict() for r in results],
         "lr_selection": [c.to_dict() for c in chosen],
+        "costs": measure_costs(),  # Table 5: parameters and FLOPs per regime at ViT-B (meta device, ~1 min)
     }
     (report_dir / ALL_RESULTS).write_text(json.dumps(run, indent=1))
     return render_results(report_dir)
@@ -170,6 +173,7 @@ def render_results(report_dir: Path) -> str:
         datetime.fromisoformat(run["generated_at"]),
         run.get("machine") or machine_text("cpu"),  # kept since issue 15; older folders: this machine
         [Selection.from_dict(c) for c in run.get("lr_selection", [])],  # kept since issue 10
+        costs=run.get("costs"),  # kept since issue 11
     )
 
 
@@ -251,11 +255,11 @@ def checks(results: Sequence[RunResult]) -> list[str]:
                 f"full fine-tuning {pct(full)}% ({behind:.1f} points behind; claim <= 3: "
                 f"**{'holds' if behind <= 3 else 'does not hold'}**)."
             )
-    memory_runs = [r for r in results if r.protocol == "task" and r.strategy.startswith(("memory", "head"))]
+    memory_runs = [r for r in results if r.protocol == "task" and r.strategy.startswith(("memory", "head", "adapter"))]
     if memory_runs:
         worst = max(abs(r.metrics["forgetting"]) for r in memory_runs)
         lines.append(
-            f"- Forgetting of every memory / head run, task-incremental ({len(memory_runs)} runs): max |F| = "
+            f"- Forgetting of every memory / head / adapter run, task-incremental ({len(memory_runs)} runs): max |F| = "
             f"{worst!r} (**{'exactly 0' if worst == 0.0 else 'not 0'}**)."
         )
     for protocol in ("task", "class"):
@@ -368,7 +372,10 @@ def results_markdown(
     generated_at: datetime,
     machine: str,
     chosen: Sequence[Selection] = (),
+    costs: dict[str, Any] | None = None,
 ) -> str:
+    """The document; `chosen`: the learning rates chosen on validation data; `costs`:
+    `scenarios.costs.measure_costs()`'s measurements, for Table 5."""
     cells: dict[str, dict[str, list[float]]] = {}
     params: dict[str, dict[str, float]] = {}
     for name in RESULT_PLAN:
@@ -403,6 +410,7 @@ def results_markdown(
         TABLE2_NOTE,
         "",
         table2(cells, params),
+        *paper_sections(_first_seed(results, seeds[0]), costs, seeds[0]),
         "## Checks",
         "",
         *checks(results),

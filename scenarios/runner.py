@@ -34,6 +34,7 @@ from .metrics import (
 from .plugins import CosineSchedule, TrainableCounter
 from .strategies import QUICK_BUDGET as QUICK_BUDGET  # defined with the registry, importable from here too
 from .strategies import REGISTRY, Budget, BuildRequest, StrategySpec
+from .strategies.registry import DEFAULT_MEMORY
 from .strategy import DEFAULT_ROUTE, Route
 
 MEMORY_SIZES = (1, 5, 10, 20)
@@ -356,9 +357,10 @@ def run_requests(
 
 def compare_specs(protocol: Protocol, memory_sizes: Sequence[int] = MEMORY_SIZES) -> list[StrategySpec]:
     """Every strategy that runs in `protocol`: memory sizes (reuse, and full attention where the
-    task label is given), the paper's columns, the baselines."""
+    task label is given), the paper's columns, adapters and the combination at their default sizes
+    only (memory-5+adapter-5: one run, not one per memory size), the baselines."""
     specs = []
     for entry in REGISTRY.values():
-        sizes = memory_sizes if entry.sized else (5,)
+        sizes = memory_sizes if entry.sized else (DEFAULT_MEMORY,)
         specs += [StrategySpec(entry.name, m, entry.attention) for m in sizes]
     return [s for s in specs if s.supports(protocol)]

@@ -193,6 +193,9 @@ class MemoryTokenModel(MultiTaskModule):
     Avalanche's evaluation adaptation names for it, and no adapter is created for it.
     """
 
+    #: Full attention serves one task per pass; routing (class protocol) needs every task's pass.
+    full_attention_protocols: tuple[Protocol, ...] = ("task",)
+
     def __init__(
         self,
         backbone: VisionTransformer,
@@ -204,7 +207,7 @@ class MemoryTokenModel(MultiTaskModule):
         super().__init__()
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
-        if variant.attention == "full" and protocol != "task":
+        if variant.attention == "full" and protocol not in self.full_attention_protocols:
             raise ValueError("full attention needs the task label: it runs in the task protocol only")
         self.vit = MemoryViT(backbone)
         self.variant = variant

@@ -392,6 +392,19 @@ CASES = [
         "more memory tokens per layer than the 65 tokens",
     ),
     Case("scenario-memory-0", "scenario run split-digits -s memory-0 --backbone random", "memory size must be >= 1"),
+    Case(
+        "scenario-adapter-0", "scenario run split-digits -s adapter-0 --backbone random", "bottleneck size must be >= 1"
+    ),
+    Case(
+        "scenario-bad-adapter-strategy",
+        "scenario run split-digits -s memory-5+adapter-x --backbone random",
+        "expected memory-M+adapter-R",
+    ),
+    Case(
+        "scenario-absurd-memory-with-adapter",
+        "scenario run split-digits -s memory-999+adapter-5 --backbone random",
+        "more memory tokens per layer than the 65 tokens",
+    ),
     Case("scenario-protocol", "scenario run split-digits -s memory --protocol bogus", "Invalid value", code=2),
     Case("scenario-epochs-0", "scenario run split-digits -s memory --epochs 0", "Invalid value", code=2),
     Case("scenario-class-order", "scenario run split-digits -s memory --class-order a,b", "comma-separated", code=2),
@@ -407,6 +420,7 @@ CASES = [
     Case(
         "compare-bad-strategy", "scenario compare split-digits --strategies bogus --backbone random", "unknown strategy"
     ),
+    Case("compare-bad-adapter", "scenario compare split-digits --strategies adapter-x --backbone random", "adapter-R"),
     Case("compare-memory-sizes", "scenario compare split-digits --memory-sizes a", "comma-separated", code=2),
     Case("compare-jobs-0", "scenario compare split-digits --jobs 0", "Invalid value", code=2),
     Case("runs-option", "scenario runs --bogus", "No such option", code=2),

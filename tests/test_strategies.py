@@ -16,7 +16,7 @@ from scenarios.benchmarks import split_digits
 from scenarios.plugins import CosineSchedule, TrainableCounter
 from scenarios.runner import Budget, StrategySpec, _relative_cost, build_strategy, compare_specs
 from scenarios.strategies import FAMILIES, REGISTRY, STRATEGIES, BuildRequest, register
-from scenarios.strategies.registry import StrategyEntry
+from scenarios.strategies.registry import DEFAULT_BOTTLENECK, DEFAULT_MEMORY, StrategyEntry
 
 FAST = Budget(epochs=1, batch_size=16)
 
@@ -34,6 +34,9 @@ def scenarios_by_protocol(backbone):
 
 
 def _spec(entry: StrategyEntry) -> StrategySpec:
+    """A sized strategy at size 2; a pattern strategy at the sizes a comparison runs it (5 and 5)."""
+    if entry.pattern:
+        return StrategySpec(entry.name, DEFAULT_MEMORY, entry.attention, DEFAULT_BOTTLENECK)
     return StrategySpec(entry.name, 2, entry.attention)
 
 
@@ -100,3 +103,40 @@ def test_a_new_strategy_is_one_registration(backbone, scenarios_by_protocol) -> 
             register("test-only", build, lr_group="prompt", cost=1.0, help="again")
     finally:
         del REGISTRY[entry.key]
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "memory", "bottleneck"),
+    [
+        ("adapter-7", "adapter-7", 5, 7),
+        ("adapter", "adapter-5", 5, 5),
+        ("memory-3+adapter-9", "memory-3+adapter-9", 3, 9),
+    ],
+)
+def test_pattern_strategies_parse_their_sizes(text, label, memory, bottleneck) -> None:
+    spec = StrategySpec.parse(text)
+    assert (spec.label, spec.memory, spec.bottleneck) == (label, memory, bottleneck)
+    assert spec.entry.takes_bottleneck and spec.entry.takes_memory == ("memory" in text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("adapter-0", "bottleneck size must be >= 1, got 0"),
+        ("adapter-x", "bad adapter strategy 'adapter-x'; expected adapter-R"),
+        ("memory-5+adapter-x", "expected memory-M\\+adapter-R"),
+        ("memory-0+adapter-5", "memory size must be >= 1, got 0"),
+    ],
+)
+def test_pattern_strategies_refuse_bad_sizes(text, message) -> None:
+    from scenarios.errors import ScenarioError
+
+    with pytest.raises(ScenarioError, match=message):
+        StrategySpec.parse(text)
+
+
+def test_comparisons_run_the_combination_once() -> None:
+    """memory-5+adapter-5 only, whatever the memory sizes compared."""
+    for protocol in ("task", "class"):
+        labels = [s.label for s in compare_specs(protocol, (1, 5, 10, 20))]
+        assert [x for x in labels if "adapter" in x] == ["adapter-5", "memory-5+adapter-5"]

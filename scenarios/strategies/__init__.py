@@ -1,6 +1,7 @@
 """The strategies a scenario can run, in one registry (`registry`), one module per family.
 
-`memory` (memory tokens, and the paper's head-only / head + class columns), `finetuning` (per-task
+`memory` (memory tokens, and the paper's head-only / head + class columns), `adapters` (per-task
+bottleneck adapters, alone and with memory: the paper's Table 4), `finetuning` (per-task
 full fine-tuning and Avalanche's Naive, EWC, LwF, Replay, Cumulative), `prompting` (L2P) and `ncm`
 (nearest class mean). Each module registers its strategies when imported; `FAMILIES` sets the
 order in which they are listed, compared and reported. Importing this package imports neither
@@ -24,14 +25,16 @@ from .registry import (
     entry_for,
     help_table,
     help_text,
+    parse_pattern,
     parse_sized,
+    pattern_usages,
     register,
     sized_usages,
     strategy_names,
 )
 
 #: The family modules, in the order their strategies are listed, compared and reported.
-FAMILIES = ("memory", "finetuning", "prompting", "ncm")
+FAMILIES = ("memory", "adapters", "finetuning", "prompting", "ncm")
 
 for _family in FAMILIES:
     import_module(f"{__name__}.{_family}")
@@ -51,7 +54,9 @@ __all__ = [
     "entry_for",
     "help_table",
     "help_text",
+    "parse_pattern",
     "parse_sized",
+    "pattern_usages",
     "register",
     "sized_usages",
     "strategy_names",
