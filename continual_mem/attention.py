@@ -134,3 +134,80 @@ def task_block_forward(
     q, k, v = split_qkv(block.attn, h)
     out = task_token_attention(block.attn, q, k, v, bb_k, bb_v, mem_k, mem_v, visible)
     return residual_and_mlp(block, z, project(block.attn, out, h))
+
+
+def own_task_attention(
+    attn: Attention, q: Tensor, bb_k: Tensor, bb_v: Tensor, own_k: Tensor, own_v: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """Task queries q (B, H, Tq, Dh) over the shared backbone keys bb_k (B, H, N, Dh) and their own keys.
+
+    own_k (B, H, E, Dh): the task tokens and memory the queries may see (`mask` (Tq, E) says which
+    when several tasks share one call). The backbone keys are never copied and get no gradient:
+    the scores against them and against the task's own keys are two products, joined before the
+    softmax. Computed the same way for one task or many, row for row.
+    """
+    q = q * attn.scale
+    own = q @ own_k.transpose(-2, -1)
+    if mask is not None:
+        own = own.masked_fill(~mask, float("-inf"))
+    n = bb_k.shape[2]
+    p = torch.cat([q @ bb_k.transpose(-2, -1), own], dim=-1).softmax(dim=-1)
+    return p[..., :n] @ bb_v + p[..., n:] @ own_v
+
+
+def own_task_block_forward(
+    block: Block,
+    z: Tensor,
+    bb_k: Tensor,
+    bb_v: Tensor,
+    memory: list[tuple[Tensor, Tensor]],
+    sees: list[list[int]],
+    visible: Tensor | None = None,
+) -> Tensor:
+    """One block for the class tokens z (B, T, D) of tasks trained side by side over shared K/V.
+
+    `memory[t]`: task t's memory keys/values (H, m_t, Dh) in this block; `sees[t]`: the tasks whose
+    token and memory task t attends to (itself, and with model extension the tasks it extends).
+    Norms, projections and the MLP act row by row and run over all tasks at once (row-exact: a
+    row's numbers do not depend on the other rows). The attention runs once per task when
+    `visible` is None, so a task's numbers equal training it alone bit for bit; given `visible`
+    (T, T + M) it runs once for all tasks, batched (rounding then moves by about 1e-7).
+    """
+    h = block.norm1(z)
+    q, k, v = split_qkv(block.attn, h)
+    batch = z.shape[0]
+    if visible is not None:
+        own_k = torch.cat([k, *(mk.expand(batch, -1, -1, -1) for mk, _ in memory)], dim=2)
+        own_v = torch.cat([v, *(mv.expand(batch, -1, -1, -1) for _, mv in memory)], dim=2)
+        out = own_task_attention(block.attn, q, bb_k, bb_v, own_k, own_v, visible)
+    else:
+        outs = []
+        for t, seen in enumerate(sees):
+            own_k = torch.cat([k[:, :, seen], *(memory[j][0].expand(batch, -1, -1, -1) for j in seen)], dim=2)
+            own_v = torch.cat([v[:, :, seen], *(memory[j][1].expand(batch, -1, -1, -1) for j in seen)], dim=2)
+            outs.append(own_task_attention(block.attn, q[:, :, t : t + 1].contiguous(), bb_k, bb_v, own_k, own_v))
+        out = torch.cat(outs, dim=2)
+    return residual_and_mlp(block, z, project(block.attn, out, h))
+
+
+class _TaskTokensPerSample(torch.autograd.Function):
+    """(1, T, D) -> (B, T, D) copies; the backward sums each task's column on its own contiguous copy.
+
+    A plain `expand` reduces the (B, T, D) gradient over the batch in one kernel whose float
+    summation order depends on T; summing task by task keeps a task's class-token gradient the
+    same whichever tasks share the pass.
+    """
+
+    @staticmethod
+    def forward(ctx, tokens: Tensor, batch: int) -> Tensor:  # type: ignore[override]
+        return tokens.expand(batch, -1, -1).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        columns = [grad[:, t : t + 1].contiguous().sum(0, keepdim=True) for t in range(grad.shape[1])]
+        return torch.cat(columns, dim=1), None
+
+
+def task_tokens_per_sample(tokens: Tensor, batch: int) -> Tensor:
+    """Task class tokens (1, T, D) as a contiguous (B, T, D) batch (see `_TaskTokensPerSample`)."""
+    return _TaskTokensPerSample.apply(tokens, batch)
