@@ -107,7 +107,8 @@ class FeatureCache:
         """Keep the pass of images `index`."""
         if not self._keys_values:
             self._keys_values = [
-                (k.new_empty(self._stored_shape(k)), v.new_empty(self._stored_shape(v))) for k, v in computed.keys_values
+                (k.new_empty(self._stored_shape(k)), v.new_empty(self._stored_shape(v)))
+                for k, v in computed.keys_values
             ]
         rows = index.to(self._keys_values[0][0].device)
         for (ck, cv), (k, v) in zip(self._keys_values, computed.keys_values):
@@ -117,7 +118,7 @@ class FeatureCache:
 
     def _stored_shape(self, keys: Tensor) -> tuple[int, ...]:
         """Token-major (images, N, H, Dh), as the backbone's qkv lays them out (same numbers served)."""
-        batch, heads, tokens, width = keys.shape
+        _, heads, tokens, width = keys.shape
         return (self._num_images, tokens, heads, width)
 
     @property
