@@ -27,13 +27,13 @@ from store.liveness import Heartbeat
 from ..adapter import MODES
 from ..data import InputSpec, LabeledImages, split_indices
 from ..errors import ConfigError
-from ..feature_cache import CachePlan, FeatureCache, plan_cache
+from ..feature_cache import CachePlan, FeatureCache
 from ..images import MAX_PIXELS
 from ..model import MemoryViT
 from ..together import Member, fit_together
-from ..train import GIB, Progress, TrainConfig, TrainResult, check_training_fits, seed_everything
+from ..train import Progress, TrainConfig, TrainResult, check_training_fits, seed_everything
 from .backbones import load_backbone
-from .training import failure_reason, load_task_data
+from .training import cache_plan_for, failure_reason, load_task_data
 
 
 @dataclass(frozen=True)
@@ -262,8 +262,16 @@ def _run(
     passes = [[i for i, v in enumerate(variants) if v.mode == "reuse"]]
     passes = [p for p in passes if p] + [[i] for i, v in enumerate(variants) if v.mode != "reuse"]
     images, val_images = spec(data.images[train_idx]), spec(data.images[val_idx])
-    plans = [_plan(model, images.shape[0], base, options, variants[p[0]].mode == "reuse") for p in passes]
+    plans = [
+        cache_plan_for(model, images.shape[0], base, options.cache_gb, variants[p[0]].mode == "reuse") for p in passes
+    ]
     versions = _begin(store, variants, sources, options, data.fingerprint(), plans, passes)
+    shown = _short_names(variants)
+
+    def progress(p: Progress) -> None:
+        if on_step is not None:
+            on_step(replace(p, tasks={shown[int(k[1:])]: v for k, v in p.tasks.items()}))
+
     outcomes: dict[int, Outcome] = {}
     try:
         with Heartbeat(lambda: [store.beat(versions[i]) for i in range(len(variants)) if i not in outcomes]):
@@ -280,7 +288,7 @@ def _run(
                     [members[i] for i in group],
                     images,
                     val_images,
-                    on_step=on_step,
+                    on_step=progress,
                     on_done=done,
                     cache=FeatureCache(images.shape[0]) if plan.enabled else None,
                 )
@@ -292,11 +300,12 @@ def _run(
     return RunReport([outcomes[i] for i in range(len(variants))], [[variants[i] for i in p] for p in passes], plans)
 
 
-def _plan(model: MemoryViT, num_images: int, config: TrainConfig, options: Options, reuse: bool) -> CachePlan:
-    steps_per_epoch = math.ceil(num_images / config.batch_size)
-    epochs = math.ceil(config.steps / steps_per_epoch) if config.steps is not None else config.epochs
-    budget = None if options.cache_gb is None else int(options.cache_gb * GIB)
-    return plan_cache(model, num_images, epochs=epochs, budget_bytes=budget, reuse_mode=reuse, device=config.device)
+def _short_names(variants: list[Variant]) -> list[str]:
+    """How the progress bar names each variant: its task, or what sets it apart from the others."""
+    if len({v.task for v in variants}) == len(variants):
+        return [v.task for v in variants]
+    seeds = len({v.seed for v in variants}) > 1
+    return [f"m{v.memory},lr{v.lr:g}" + (f",s{v.seed}" if seeds else "") for v in variants]
 
 
 def _begin(

@@ -88,7 +88,7 @@ def train_version(
         request.task, len(data.class_names), num_memory=request.memory, mode=request.mode, class_names=data.class_names
     )  # type: ignore[arg-type]
     check_training_fits(model, request.task, request.config)
-    plan = _cache_plan(model, len(train), request, ctx)
+    plan = cache_plan_for(model, len(train), request.config, request.cache_gb, request.mode == "reuse", ctx.world_size)
     version = None
     if ctx.is_main:
         hyper = {
@@ -126,18 +126,20 @@ def train_version(
         raise
 
 
-def _cache_plan(model: MemoryViT, num_images: int, request: TrainRequest, ctx: DistContext) -> CachePlan:
-    config = request.config
+def cache_plan_for(
+    model: MemoryViT, num_images: int, config: TrainConfig, cache_gb: float | None, reuse: bool, world_size: int = 1
+) -> CachePlan:
+    """The feature-cache plan of a run of `config` over `num_images` (`cache_gb` None: from free memory)."""
     steps_per_epoch = math.ceil(num_images / config.batch_size)
     epochs = math.ceil(config.steps / steps_per_epoch) if config.steps is not None else config.epochs
-    budget = None if request.cache_gb is None else int(request.cache_gb * GIB)
+    budget = None if cache_gb is None else int(cache_gb * GIB)
     return plan_cache(
         model,
         num_images,
         epochs=epochs,
         budget_bytes=budget,
-        reuse_mode=request.mode == "reuse",
-        world_size=ctx.world_size,
+        reuse_mode=reuse,
+        world_size=world_size,
         device=config.device,
     )
 
