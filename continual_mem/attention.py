@@ -157,57 +157,38 @@ def own_task_attention(
 
 def own_task_block_forward(
     block: Block,
-    z: Tensor,
+    tokens: list[Tensor],
     bb_k: Tensor,
     bb_v: Tensor,
     memory: list[tuple[Tensor, Tensor]],
     sees: list[list[int]],
     visible: Tensor | None = None,
-) -> Tensor:
-    """One block for the class tokens z (B, T, D) of tasks trained side by side over shared K/V.
+) -> list[Tensor]:
+    """One block for the class tokens of tasks trained side by side over the shared backbone K/V.
 
     `memory[t]`: task t's memory keys/values (H, m_t, Dh) in this block; `sees[t]`: the tasks whose
     token and memory task t attends to (itself, and with model extension the tasks it extends).
-    Norms, projections and the MLP act row by row and run over all tasks at once (row-exact: a
-    row's numbers do not depend on the other rows). The attention runs once per task when
-    `visible` is None, so a task's numbers equal training it alone bit for bit; given `visible`
-    (T, T + M) it runs once for all tasks, batched (rounding then moves by about 1e-7).
+    Exact (`visible` None): `tokens` holds one (B, 1, D) tensor per task and every operation runs
+    per task with the shapes it has alone, so a task's numbers do not depend on which tasks share
+    the pass (a GEMM over B*T rows does not round like one over B rows when B is small, so even
+    the row-wise norms, projections and MLP are not batched here). Batched (`visible` (T, T + M)):
+    one (B, T, D) tensor and one call for every operation (rounding moves by about 1e-7).
     """
-    h = block.norm1(z)
-    q, k, v = split_qkv(block.attn, h)
-    batch = z.shape[0]
+    batch = bb_k.shape[0]
     if visible is not None:
+        (z,) = tokens
+        h = block.norm1(z)
+        q, k, v = split_qkv(block.attn, h)
         own_k = torch.cat([k, *(mk.expand(batch, -1, -1, -1) for mk, _ in memory)], dim=2)
         own_v = torch.cat([v, *(mv.expand(batch, -1, -1, -1) for _, mv in memory)], dim=2)
         out = own_task_attention(block.attn, q, bb_k, bb_v, own_k, own_v, visible)
-    else:
-        outs = []
-        for t, seen in enumerate(sees):
-            own_k = torch.cat([k[:, :, seen], *(memory[j][0].expand(batch, -1, -1, -1) for j in seen)], dim=2)
-            own_v = torch.cat([v[:, :, seen], *(memory[j][1].expand(batch, -1, -1, -1) for j in seen)], dim=2)
-            outs.append(own_task_attention(block.attn, q[:, :, t : t + 1].contiguous(), bb_k, bb_v, own_k, own_v))
-        out = torch.cat(outs, dim=2)
-    return residual_and_mlp(block, z, project(block.attn, out, h))
-
-
-class _TaskTokensPerSample(torch.autograd.Function):
-    """(1, T, D) -> (B, T, D) copies; the backward sums each task's column on its own contiguous copy.
-
-    A plain `expand` reduces the (B, T, D) gradient over the batch in one kernel whose float
-    summation order depends on T; summing task by task keeps a task's class-token gradient the
-    same whichever tasks share the pass.
-    """
-
-    @staticmethod
-    def forward(ctx, tokens: Tensor, batch: int) -> Tensor:  # type: ignore[override]
-        return tokens.expand(batch, -1, -1).contiguous()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        columns = [grad[:, t : t + 1].contiguous().sum(0, keepdim=True) for t in range(grad.shape[1])]
-        return torch.cat(columns, dim=1), None
-
-
-def task_tokens_per_sample(tokens: Tensor, batch: int) -> Tensor:
-    """Task class tokens (1, T, D) as a contiguous (B, T, D) batch (see `_TaskTokensPerSample`)."""
-    return _TaskTokensPerSample.apply(tokens, batch)
+        return [residual_and_mlp(block, z, project(block.attn, out, h))]
+    normed = [block.norm1(z) for z in tokens]
+    qkv = [split_qkv(block.attn, h) for h in normed]
+    outs = []
+    for t, seen in enumerate(sees):
+        own_k = torch.cat([*(qkv[j][1] for j in seen), *(memory[j][0].expand(batch, -1, -1, -1) for j in seen)], dim=2)
+        own_v = torch.cat([*(qkv[j][2] for j in seen), *(memory[j][1].expand(batch, -1, -1, -1) for j in seen)], dim=2)
+        out = own_task_attention(block.attn, qkv[t][0], bb_k, bb_v, own_k, own_v)
+        outs.append(residual_and_mlp(block, tokens[t], project(block.attn, out, normed[t])))
+    return outs

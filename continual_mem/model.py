@@ -382,17 +382,19 @@ class MemoryViT(nn.Module):
         """
         requested = self._reuse_tasks(tasks)
         served = self._with_extended(requested)
-        cls = torch.cat([self.tasks[n].cls_token for n in served], dim=1)  # (1, T, D)
-        z = attention.task_tokens_per_sample(self.backbone.norm_pre(self._positioned_cls(cls)), backbone.batch_size)
+        bb = self.backbone
+        batch = backbone.batch_size
+        cls = [bb.norm_pre(self._positioned_cls(self.tasks[n].cls_token)) for n in served]  # each (1, 1, D)
+        tokens = [c.expand(batch, -1, -1) for c in cls] if exact else [torch.cat(cls, dim=1).expand(batch, -1, -1)]
         memory = [self._kv.get(n, self) for n in served]
         sees = [[j for j, m in enumerate(served) if m == n or m in self.tasks[n].config.extends] for n in served]
-        visible = None if exact else self._visibility(served, 0, z.device)
-        for i, blk in enumerate(self.backbone.blocks):
+        visible = None if exact else self._visibility(served, 0, cls[0].device)
+        for i, blk in enumerate(bb.blocks):
             bb_k, bb_v = backbone.keys_values[i]
-            z = attention.own_task_block_forward(blk, z, bb_k, bb_v, [kv[i] for kv in memory], sees, visible)
-        bb = self.backbone
-        feats = bb.head_drop(bb.fc_norm(bb.norm(z)))
-        return {n: self.tasks[n].head(feats[:, t].contiguous()) for t, n in enumerate(served) if n in requested}
+            tokens = attention.own_task_block_forward(blk, tokens, bb_k, bb_v, [kv[i] for kv in memory], sees, visible)
+        feats = [bb.head_drop(bb.fc_norm(bb.norm(z))) for z in tokens]
+        rows = [(t, 0) for t in range(len(served))] if exact else [(0, t) for t in range(len(served))]
+        return {n: self.tasks[n].head(feats[f][:, r]) for n, (f, r) in zip(served, rows) if n in requested}
 
     def _reuse_tasks(self, tasks: Iterable[str] | None) -> list[str]:
         if tasks is None:
