@@ -212,6 +212,8 @@ def sweep(
     only their initialisation. `deploy_best` names an alias to point at the best version.
     """
     store.get_task(task)
+    if deploy_best is not None and options.val_split == 0:
+        raise ConfigError("--deploy-best ranks variants on validation accuracy: give a --val-split above 0")
     report = _run(store, list(variants), [source] * len(variants), options, on_step, on_plan)
     ranked = sorted(report.outcomes, key=_rank_key)
     report.outcomes = ranked
