@@ -269,7 +269,7 @@ def test_cli_aligns_labelings_of_the_same_images(home, tmp_path) -> None:
 
 def test_cli_sweep_ranks_tags_and_deploys(home) -> None:
     args = ("task", "sweep", "a", "--data", LOW_DATA, "--memory", "1,3", "--lr", "1e-3,3e-2", "--seeds", "0,1")
-    out = ok(home, *args, "--epochs", "2", "--batch-size", "32", "--deploy-best")
+    out = ok(home, *args, "--steps", "6", "--batch-size", "32", "--deploy-best")
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["rank", "version", "memory", "lr", "seed", "val", "acc", "val", "loss", "epochs"]
     rows = [line.split() for line in lines[2:10]]
