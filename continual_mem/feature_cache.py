@@ -101,7 +101,7 @@ class FeatureCache:
         if not self._keys_values or not bool(self._filled[index].all()):
             return None
         rows = index.to(self._keys_values[0][0].device)
-        return BackbonePass([(k[rows].transpose(1, 2), v[rows].transpose(1, 2)) for k, v in self._keys_values])
+        return BackbonePass([(k[rows], v[rows]) for k, v in self._keys_values])
 
     def put(self, index: Tensor, computed: BackbonePass) -> None:
         """Keep the pass of images `index`."""
@@ -112,14 +112,9 @@ class FeatureCache:
             ]
         rows = index.to(self._keys_values[0][0].device)
         for (ck, cv), (k, v) in zip(self._keys_values, computed.keys_values):
-            ck[rows] = k.transpose(1, 2)
-            cv[rows] = v.transpose(1, 2)
+            ck[rows] = k
+            cv[rows] = v
         self._filled[index] = True
-
-    def _stored_shape(self, keys: Tensor) -> tuple[int, ...]:
-        """Token-major (images, N, H, Dh), as the backbone's qkv lays them out (same numbers served)."""
-        _, heads, tokens, width = keys.shape
-        return (self._num_images, tokens, heads, width)
 
     @property
     def filled(self) -> int:

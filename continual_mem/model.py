@@ -361,16 +361,18 @@ class MemoryViT(nn.Module):
 
     @torch.no_grad()
     def backbone_pass(self, images: Tensor) -> BackbonePass:
-        """The backbone tokens through every block, keeping each block's keys/values (last block: only those)."""
+        """The backbone tokens through every block, keeping each block's keys/values, contiguous (last block: only those)."""
         x = self._embed(images)
         keys_values = []
         last = self.depth - 1
         for i, blk in enumerate(self.backbone.blocks):
             if i == last:
-                keys_values.append(attention.block_keys_values(blk, x))
+                k, v = attention.block_keys_values(blk, x)
             else:
                 x, k, v = attention.block_forward(blk, x)
-                keys_values.append((k, v))
+            # one contiguous copy each, shared by every task: a strided view would be copied by
+            # each task's products in the forward and again in the backward
+            keys_values.append((k.contiguous(), v.contiguous()))
         return BackbonePass(keys_values)
 
     def reuse_outputs(self, backbone: BackbonePass, tasks: Sequence[str], exact: bool = True) -> dict[str, Tensor]:
