@@ -107,7 +107,7 @@ class FeatureCache:
         """Keep the pass of images `index`."""
         if not self._keys_values:
             self._keys_values = [
-                (k.new_empty(self._stored_shape(k)), v.new_empty(self._stored_shape(v)))
+                (k.new_empty((self._num_images, *k.shape[1:])), v.new_empty((self._num_images, *v.shape[1:])))
                 for k, v in computed.keys_values
             ]
         rows = index.to(self._keys_values[0][0].device)
