@@ -134,3 +134,61 @@ def task_block_forward(
     q, k, v = split_qkv(block.attn, h)
     out = task_token_attention(block.attn, q, k, v, bb_k, bb_v, mem_k, mem_v, visible)
     return residual_and_mlp(block, z, project(block.attn, out, h))
+
+
+def own_task_attention(
+    attn: Attention, q: Tensor, bb_k: Tensor, bb_v: Tensor, own_k: Tensor, own_v: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """Task queries q (B, H, Tq, Dh) over the shared backbone keys bb_k (B, H, N, Dh) and their own keys.
+
+    own_k (B, H, E, Dh): the task tokens and memory the queries may see (`mask` (Tq, E) says which
+    when several tasks share one call). The backbone keys are never copied and get no gradient:
+    the scores against them and against the task's own keys are two products, joined before the
+    softmax. Computed the same way for one task or many, row for row.
+    """
+    q = q * attn.scale
+    own = q @ own_k.transpose(-2, -1)
+    if mask is not None:
+        own = own.masked_fill(~mask, float("-inf"))
+    n = bb_k.shape[2]
+    p = torch.cat([q @ bb_k.transpose(-2, -1), own], dim=-1).softmax(dim=-1)
+    return p[..., :n] @ bb_v + p[..., n:] @ own_v
+
+
+def own_task_block_forward(
+    block: Block,
+    tokens: list[Tensor],
+    bb_k: Tensor,
+    bb_v: Tensor,
+    memory: list[tuple[Tensor, Tensor]],
+    sees: list[list[int]],
+    visible: Tensor | None = None,
+) -> list[Tensor]:
+    """One block for the class tokens of tasks trained side by side over the shared backbone K/V.
+
+    `memory[t]`: task t's memory keys/values (H, m_t, Dh) in this block; `sees[t]`: the tasks whose
+    token and memory task t attends to (itself, and with model extension the tasks it extends).
+    Exact (`visible` None): `tokens` holds one (B, 1, D) tensor per task and every operation runs
+    per task with the shapes it has alone, so a task's numbers do not depend on which tasks share
+    the pass (a GEMM over B*T rows does not round like one over B rows when B is small, so even
+    the row-wise norms, projections and MLP are not batched here). Batched (`visible` (T, T + M)):
+    one (B, T, D) tensor and one call for every operation (rounding moves by about 1e-7).
+    """
+    batch = bb_k.shape[0]
+    if visible is not None:
+        (z,) = tokens
+        h = block.norm1(z)
+        q, k, v = split_qkv(block.attn, h)
+        own_k = torch.cat([k, *(mk.expand(batch, -1, -1, -1) for mk, _ in memory)], dim=2)
+        own_v = torch.cat([v, *(mv.expand(batch, -1, -1, -1) for _, mv in memory)], dim=2)
+        out = own_task_attention(block.attn, q, bb_k, bb_v, own_k, own_v, visible)
+        return [residual_and_mlp(block, z, project(block.attn, out, h))]
+    normed = [block.norm1(z) for z in tokens]
+    qkv = [split_qkv(block.attn, h) for h in normed]
+    outs = []
+    for t, seen in enumerate(sees):
+        own_k = torch.cat([*(qkv[j][1] for j in seen), *(memory[j][0].expand(batch, -1, -1, -1) for j in seen)], dim=2)
+        own_v = torch.cat([*(qkv[j][2] for j in seen), *(memory[j][1].expand(batch, -1, -1, -1) for j in seen)], dim=2)
+        out = own_task_attention(block.attn, qkv[t][0], bb_k, bb_v, own_k, own_v)
+        outs.append(residual_and_mlp(block, tokens[t], project(block.attn, out, normed[t])))
+    return outs

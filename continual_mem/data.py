@@ -439,14 +439,20 @@ class InputSpec:
 
 def split_train_val(data: LabeledImages, val_fraction: float, seed: int) -> tuple[LabeledImages, LabeledImages]:
     """A stratified, seeded train/validation split."""
+    train_idx, val_idx = split_indices(data.labels, len(data.class_names), val_fraction, seed)
+    return data.subset(train_idx), data.subset(val_idx)
+
+
+def split_indices(labels: Tensor, num_classes: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Rows of the train and validation parts of `split_train_val`, stratified on `labels`."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"validation split must be in [0, 1), got {val_fraction}")
     gen = torch.Generator().manual_seed(seed)
     train_idx, val_idx = [], []
-    for label in range(len(data.class_names)):
-        rows = (data.labels == label).nonzero(as_tuple=True)[0]
+    for label in range(num_classes):
+        rows = (labels == label).nonzero(as_tuple=True)[0]
         rows = rows[torch.randperm(len(rows), generator=gen)]
         n_val = round(len(rows) * val_fraction)
         val_idx.append(rows[:n_val])
         train_idx.append(rows[n_val:])
-    return data.subset(torch.cat(train_idx)), data.subset(torch.cat(val_idx))
+    return torch.cat(train_idx), torch.cat(val_idx)

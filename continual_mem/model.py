@@ -55,6 +55,23 @@ class TasksOutput:
 
 
 @dataclass
+class BackbonePass:
+    """The frozen backbone's share of a reuse pass over one batch, computed once without autograd.
+
+    Each block's keys and values of the backbone tokens (B, H, N, Dh): all that task class tokens
+    take from the backbone. One pass serves any number of reuse-mode tasks trained together, and
+    (the backbone being frozen) the same images always give the same pass, so it can be cached
+    across epochs (`feature_cache`).
+    """
+
+    keys_values: list[tuple[Tensor, Tensor]]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.keys_values[0][0].shape[0])
+
+
+@dataclass
 class _TaskState:
     """The task class tokens of a reuse pass as they move through the blocks."""
 
@@ -341,6 +358,45 @@ class MemoryViT(nn.Module):
             if name in requested:
                 logits[name], task_features[name] = self._task_logits(name, state.tokens[:, t])  # type: ignore[union-attr]
         return ReuseOutput(logits, task_features, backbone_logits, features)
+
+    @torch.no_grad()
+    def backbone_pass(self, images: Tensor) -> BackbonePass:
+        """The backbone tokens through every block, keeping each block's keys/values, contiguous (last block: only those)."""
+        x = self._embed(images)
+        keys_values = []
+        last = self.depth - 1
+        for i, blk in enumerate(self.backbone.blocks):
+            if i == last:
+                k, v = attention.block_keys_values(blk, x)
+            else:
+                x, k, v = attention.block_forward(blk, x)
+            # one contiguous copy each, shared by every task: a strided view would be copied by
+            # each task's products in the forward and again in the backward
+            keys_values.append((k.contiguous(), v.contiguous()))
+        return BackbonePass(keys_values)
+
+    def reuse_outputs(self, backbone: BackbonePass, tasks: Sequence[str], exact: bool = True) -> dict[str, Tensor]:
+        """Logits of reuse-mode `tasks` over one backbone pass, with autograd through the task tokens only.
+
+        The training path. `exact=True`: each task's attention is its own kernel call, so a task's
+        logits (and gradients) are bit for bit those of running it alone on the same pass;
+        `exact=False`: one batched call for all tasks (faster, rounding moves by about 1e-7).
+        """
+        requested = self._reuse_tasks(tasks)
+        served = self._with_extended(requested)
+        bb = self.backbone
+        batch = backbone.batch_size
+        cls = [bb.norm_pre(self._positioned_cls(self.tasks[n].cls_token)) for n in served]  # each (1, 1, D)
+        tokens = [c.expand(batch, -1, -1) for c in cls] if exact else [torch.cat(cls, dim=1).expand(batch, -1, -1)]
+        memory = [self._kv.get(n, self) for n in served]
+        sees = [[j for j, m in enumerate(served) if m == n or m in self.tasks[n].config.extends] for n in served]
+        visible = None if exact else self._visibility(served, 0, cls[0].device)
+        for i, blk in enumerate(bb.blocks):
+            bb_k, bb_v = backbone.keys_values[i]
+            tokens = attention.own_task_block_forward(blk, tokens, bb_k, bb_v, [kv[i] for kv in memory], sees, visible)
+        feats = [bb.head_drop(bb.fc_norm(bb.norm(z))) for z in tokens]
+        rows = [(t, 0) for t in range(len(served))] if exact else [(0, t) for t in range(len(served))]
+        return {n: self.tasks[n].head(feats[f][:, r]) for n, (f, r) in zip(served, rows) if n in requested}
 
     def _reuse_tasks(self, tasks: Iterable[str] | None) -> list[str]:
         if tasks is None:

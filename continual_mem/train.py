@@ -1,18 +1,19 @@
-"""Train and evaluate one task adapter, in one process or under torchrun (DDP over the adapter only).
+"""Train and evaluate one task adapter, in one process or under torchrun (data parallel over the adapter only).
 
 Under `torchrun --nproc-per-node N`, every rank draws the same seeded permutation and takes its
-share of each GLOBAL batch; each rank's loss is scaled so that DDP's gradient average equals the
-single-process gradient of the whole batch. N processes therefore follow the single-process run.
+share of each GLOBAL batch; each rank's loss is its share of the global batch mean and the
+adapter's gradients are summed over ranks, so N processes follow the single-process run. The
+training loop itself is `together.fit_together` (one task is the K = 1 case).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from torch import Tensor
 from .errors import ConfigError
 from .model import MemoryViT
 
+if TYPE_CHECKING:
+    from .feature_cache import FeatureCache
+
 GIB = 2**30
 
 
@@ -31,7 +35,11 @@ class TrainConfig:
     """How one task is trained. `steps`, when given, overrides `epochs`.
 
     `lr` is the rate of the memory and class token, `head_lr` the head's (see
-    `TaskAdapter.param_groups`).
+    `TaskAdapter.param_groups`). `seed` initialises the adapter; `data_seed` draws the
+    train/validation split and `order_seed` the batch order (both default to `seed`), so variants
+    with different seeds can still see the same data in the same order. `clip_grad_norm` clips
+    the adapter's gradient norm; `patience` stops after that many epochs without a better
+    validation accuracy and keeps the best epoch's weights.
     """
 
     epochs: int = 10
@@ -43,6 +51,18 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = False
+    data_seed: int | None = None
+    order_seed: int | None = None
+    clip_grad_norm: float | None = None
+    patience: int | None = None
+
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    @property
+    def batch_order_seed(self) -> int:
+        return self.seed if self.order_seed is None else self.order_seed
 
     def __post_init__(self) -> None:
         if self.epochs < 1 and self.steps is None:
@@ -51,8 +71,12 @@ class TrainConfig:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and self.head_lr > 0):
-            raise ConfigError(f"learning rates must be > 0, got {self.lr} and {self.head_lr} (head)")
+        if not all(r > 0 and math.isfinite(r) for r in (self.lr, self.head_lr)):
+            raise ConfigError(f"learning rates must be > 0 and finite, got {self.lr} and {self.head_lr} (head)")
+        if self.clip_grad_norm is not None and not (self.clip_grad_norm > 0 and math.isfinite(self.clip_grad_norm)):
+            raise ConfigError(f"--clip-grad must be a positive finite number, got {self.clip_grad_norm}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"--patience must be at least 1 epoch, got {self.patience}")
         check_device(self.device)
 
 
@@ -149,6 +173,8 @@ class Progress:
     epoch: int
     loss: float
     accuracy: float
+    tasks: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Each task's running (loss, accuracy) over the epoch, when several train together."""
 
 
 @dataclass
@@ -184,13 +210,14 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _global_batches(n: int, batch_size: int, epoch: int, seed: int) -> list[Tensor]:
+def global_batches(n: int, batch_size: int, epoch: int, seed: int) -> list[Tensor]:
+    """The batches of one epoch: a permutation drawn from (`seed`, `epoch`) alone, the same on every rank."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=gen)
     return list(order.split(batch_size))
 
 
-def _autocast(config: TrainConfig):
+def autocast(config: TrainConfig):
     if not config.amp:
         return nullcontext()
     device_type = "cuda" if config.device.startswith("cuda") else "cpu"
@@ -212,85 +239,18 @@ def fit_task(
     val: tuple[Tensor, Tensor] | None = None,
     on_step: Callable[[Progress], None] | None = None,
     ctx: DistContext = DistContext(),
+    cache: FeatureCache | None = None,
 ) -> TrainResult:
     """Train only `task`'s adapter on model-ready `images` (N, C, H, W); the backbone never changes.
 
-    AdamW over the task's parameters with a cosine learning-rate decay; other tasks are frozen
-    for the duration and restored after.
+    The one-task case of `together.fit_together` (AdamW over the task's parameters, cosine
+    decay; other tasks frozen for the duration and restored after).
     """
-    seed_everything(config.seed)
-    device = torch.device(config.device)
-    model.to(device)
-    params = model.task_parameters(task)
-    frozen_before = {n: p.requires_grad for n, p in model.tasks.named_parameters()}
-    model.tasks.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    runner: torch.nn.Module = model
-    if ctx.world_size > 1:
-        runner = torch.nn.parallel.DistributedDataParallel(model)
-    n = images.shape[0]
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
-    groups = model.adapter(task).param_groups(config.lr, config.head_lr)
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, total))
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
-    history: list[dict[str, float]] = []
-    start = time.perf_counter()
-    step, epoch = 0, 0
-    model.train()
-    try:
-        while step < total:
-            sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
-            for batch in _global_batches(n, config.batch_size, epoch, config.seed):
-                if step >= total:
-                    break
-                mine = batch[ctx.rank :: ctx.world_size]
-                x, y = images[mine].to(device), labels[mine].to(device)
-                with _autocast(config):
-                    logits = runner(x, task)
-                    loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
-                # DDP averages gradients over ranks: scale so the result is the global batch mean.
-                loss = loss_sum * ctx.world_size / len(batch)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                schedule.step()
-                step += 1
-                sums["loss"] += float(loss_sum.detach())
-                sums["correct"] += float((logits.argmax(-1) == y).sum())
-                sums["seen"] += len(mine)
-                if on_step is not None:
-                    on_step(Progress(step, total, epoch, sums["loss"] / sums["seen"], sums["correct"] / sums["seen"]))
-            history.append(
-                {
-                    "epoch": epoch,
-                    "loss": sums["loss"] / max(sums["seen"], 1),
-                    "accuracy": sums["correct"] / max(sums["seen"], 1),
-                }
-            )
-            epoch += 1
-    finally:
-        model.eval()
-        for name, p in model.tasks.named_parameters():
-            p.requires_grad_(frozen_before[name])
-    seconds = time.perf_counter() - start
-    metrics = {
-        "train_loss": history[-1]["loss"],
-        "train_accuracy": history[-1]["accuracy"],
-        "epochs": float(epoch),
-        "steps": float(step),
-        "train_seconds": seconds,
-        "seconds_per_epoch": seconds / max(epoch, 1),
-    }
-    if val is not None and val[0].shape[0] > 0:
-        result = evaluate_task(
-            model, task, val[0], val[1], batch_size=max(config.batch_size, 128), device=config.device
-        )
-        metrics.update({"val_accuracy": result.accuracy, "val_loss": result.loss})
-    return TrainResult(metrics, history)
+    from .together import Member, fit_together
+
+    val_images, val_labels = val if val is not None and val[0].shape[0] > 0 else (None, None)
+    member = Member(task, labels, config, val_labels)
+    return fit_together(model, [member], images, val_images, on_step=on_step, ctx=ctx, cache=cache)[task]
 
 
 @dataclass

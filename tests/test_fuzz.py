@@ -23,6 +23,7 @@ import click
 import numpy as np
 import pytest
 from cli_harness import (
+    HIGH_DATA,
     LOW_DATA,
     TINY_ARGS,
     assert_refused,
@@ -46,6 +47,7 @@ from store.artifacts import read_safetensors_header
 HUGE = "99999999999999999999999"
 TINY = " ".join(TINY_ARGS)
 TRAIN = f"task train low --data {LOW_DATA} --steps 1"
+SWEEP = f"task sweep low --data {LOW_DATA} --steps 1"
 READ_ONLY_DB = "--db sqlite:///file:{home}/store.db?mode=ro&uri=true"
 
 
@@ -249,6 +251,36 @@ CASES = [
         "train-skip-bad-empties-a-class", "task train low --data {in}/all-bad --steps 1 --skip-bad", "no readable image"
     ),
     Case("train-image-bomb", "task train low --data {in}/bomb-data --steps 1", "bomb.png is 10000x10000"),
+    # --- several tasks together, sweeps (issue 10)
+    Case("together-same-task-twice", f"task train low low --data {LOW_DATA} --steps 1", "duplicated variant"),
+    Case(
+        "together-other-backbone",
+        f"task train low other-low --data {LOW_DATA} --steps 1",
+        "different backbones",
+        setup=task_on_another_backbone,
+    ),
+    Case(
+        "together-other-images",
+        f"task train low high --data {LOW_DATA} --data {HIGH_DATA} --steps 1",
+        "must label the same images",
+    ),
+    Case("train-cache-gb-text", f"{TRAIN} --cache-gb lots", "--cache-gb must be a number"),
+    Case("train-cache-gb-nan", f"{TRAIN} --cache-gb nan", "--cache-gb must be a finite number >= 0"),
+    Case("train-clip-grad-nan", f"{TRAIN} --clip-grad nan", "--clip-grad must be a positive finite number"),
+    Case("train-patience-0", f"{TRAIN} --patience 0", "--patience must be at least 1"),
+    Case("train-lr-inf", f"{TRAIN} --lr inf", "learning rates must be > 0 and finite"),
+    Case("sweep-no-task", f"task sweep nope --data {LOW_DATA} --steps 1", "task 'nope' not found"),
+    Case("sweep-memory-empty", f"{SWEEP} --memory ''", "--memory gives no value"),
+    Case("sweep-memory-0", f"{SWEEP} --memory 0,5", "--memory must be at least 1"),
+    Case("sweep-memory-text", f"{SWEEP} --memory 1,five", "--memory takes comma-separated ints"),
+    Case("sweep-lr-nan", f"{SWEEP} --lr 1e-3,nan", "--lr must be positive finite numbers"),
+    Case("sweep-lr-negative", f"{SWEEP} --lr -1e-3", "--lr must be positive finite numbers"),
+    Case("sweep-duplicated", f"{SWEEP} --memory 1,5 --lr 1e-3,0.001", "duplicated variant"),
+    Case("sweep-seeds-empty", f"{SWEEP} --seeds ,", "--seeds takes comma-separated ints"),
+    Case("sweep-cache-gb-text", f"{SWEEP} --cache-gb 2GB", "--cache-gb must be a number"),
+    Case(
+        "sweep-other-classes", "task sweep low --data builtin:digits?classes=3,4,5 --steps 1", "are not those of task"
+    ),
     # --- task list, show, versions, delete, tag
     Case("list-no-backbone", "task list --backbone nope", "backbone 'nope' not found"),
     Case("list-bad-tag", "task list --tag Bad", "invalid tag key"),

@@ -1,18 +1,19 @@
-"""`cmem task ...`: register tasks, train them into versions, list, show, tag and delete versions."""
+"""`cmem task ...`: register tasks, train them into versions, list, show, tag and delete versions (sweeps: `together`)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from continual_mem.units import human_size
 
-from .options import at_least_one, max_pixels_option
+from .options import at_least_one
 from .output import Table, emit, fmt, json_option, metric
 from .root import App, pass_app
+from .together import make_options, plan_printer, task_sweep, train_several, training_options
 
 if TYPE_CHECKING:
     from continual_mem.services import TrainRequest
@@ -171,67 +172,60 @@ def task_tag(app: App, name: str, tag: str, version: int | None) -> None:
 
 # ------------------------------------------------------------------------------------- training
 @task.command("train")
-@click.argument("name")
+@click.argument("names", metavar="NAME...", nargs=-1, required=True)
 @click.option(
-    "--data", "data_source", required=True, help="Image folder, builtin:digits[?classes=..], builtin:synthetic."
+    "--data",
+    "data_sources",
+    required=True,
+    multiple=True,
+    help="Image folder, builtin:digits[?classes=..], builtin:synthetic; once for all tasks or once per task.",
 )
 @click.option("--memory", type=int, default=5, show_default=True, help="Memory tokens per layer.")
 @click.option("--mode", type=click.Choice(["reuse", "full"]), default="reuse", show_default=True)
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--steps", type=int, default=None, help="Train this many steps instead of --epochs.")
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="Rate of the memory and class token.")
-@click.option("--head-lr", type=float, default=3e-2, show_default=True, help="Rate of the task's head.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--val-split", type=float, default=0.1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
-@click.option("--amp", is_flag=True, help="Mixed precision (bf16 on CPU, fp16 on CUDA).")
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of refusing the data.")
-@max_pixels_option
+@training_options
 @json_option
 @pass_app
 def task_train(
-    app: App,
-    name: str,
-    data_source: str,
-    memory: int,
-    mode: str,
-    epochs: int,
-    steps: int | None,
-    lr: float,
-    head_lr: float,
-    batch_size: int,
-    val_split: float,
-    seed: int,
-    device: str,
-    amp: bool,
-    skip_bad: bool,
-    max_pixels: int | None,
-    as_json: bool,
+    app: App, names: tuple[str, ...], data_sources: tuple[str, ...], memory: int, mode: str, lr: float, **kw: Any
 ) -> None:
-    """Train a new version of task NAME (runs unchanged under torchrun)."""
-    at_least_one(max_pixels=max_pixels)
-    from continual_mem import services
-    from continual_mem.images import MAX_PIXELS
-    from continual_mem.train import TrainConfig, init_distributed
+    """Train a new version of task NAME (runs unchanged under torchrun).
 
-    config = TrainConfig(  # refuses bad values and a device that is not here (ConfigError)
-        epochs=epochs, steps=steps, lr=lr, head_lr=head_lr, batch_size=batch_size, seed=seed, device=device, amp=amp
-    )
+    With several names (A B C), one version of each, trained together in one backbone pass per
+    step: the tasks must label the same images (one --data for all, or one per task).
+    """
+    at_least_one(max_pixels=kw["max_pixels"])
+    from continual_mem import services
+    from continual_mem.train import init_distributed
+
+    if len(names) > 1 or len(data_sources) > 1:
+        if mode != "reuse":
+            raise click.ClickException("tasks train together in reuse mode only: train a full-mode task on its own")
+        train_several(app, names, data_sources, memory, lr, kw)
+        return
+    options = make_options(lr, kw)  # refuses bad values and a device that is not here (ConfigError)
     request = services.TrainRequest(
-        name, data_source, memory, mode, val_split, skip_bad, config, max_pixels or MAX_PIXELS
+        names[0],
+        data_sources[0],
+        memory,
+        mode,
+        options.val_split,
+        options.skip_bad,
+        options.config,
+        options.max_pixels,
+        options.cache_gb,
     )
     store = app.open_store()
-    ctx = init_distributed(device)
+    ctx = init_distributed(kw["device"])
     try:
-        version, metrics = train_with_progress(store, request, ctx)
+        version, metrics = train_with_progress(store, request, ctx, kw["as_json"])
     finally:
         _leave_distributed()
     if not ctx.is_main:
         return
     assert version is not None  # rank 0 writes the version
     emit(
-        as_json,
+        kw["as_json"],
         version,
         f"Trained {version.ref}: val accuracy {metrics.get('val_accuracy', float('nan')):.4f}, "
         f"{metrics['epochs']:.0f} epoch(s) in {metrics['train_seconds']:.1f} s "
@@ -240,7 +234,7 @@ def task_train(
 
 
 def train_with_progress(
-    store: TaskStore, request: TrainRequest, ctx: DistContext
+    store: TaskStore, request: TrainRequest, ctx: DistContext, quiet: bool = False
 ) -> tuple[VersionInfo | None, dict[str, float]]:
     """Train with a progress bar (rank 0), shown from the first step: refusals print nothing else."""
     from tqdm import tqdm
@@ -250,7 +244,7 @@ def train_with_progress(
     bars: list[tqdm] = []
 
     def on_step(p) -> None:  # type: ignore[no-untyped-def]
-        if not ctx.is_main:
+        if not ctx.is_main or quiet:
             return
         if not bars:
             bars.append(
@@ -262,7 +256,8 @@ def train_with_progress(
         bars[0].update(1)
 
     try:
-        return services.train_version(store, request, on_step=on_step, ctx=ctx)
+        shown = plan_printer(quiet or not ctx.is_main)
+        return services.train_version(store, request, on_step=on_step, ctx=ctx, on_plan=shown)
     finally:
         for bar in bars:
             bar.close()
@@ -274,5 +269,7 @@ def _leave_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
+
+task.add_command(task_sweep)
 
 COMMANDS = [task]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -13,9 +14,10 @@ from store import TaskStore, VersionInfo
 from ..adapter import MODES
 from ..data import InputSpec, LabeledImages, load_source, split_train_val
 from ..errors import ContinualMemError, Terminated
+from ..feature_cache import CachePlan, FeatureCache, plan_cache
 from ..images import MAX_PIXELS
 from ..model import MemoryViT
-from ..train import DistContext, Progress, TrainConfig, check_training_fits, fit_task, seed_everything
+from ..train import GIB, DistContext, Progress, TrainConfig, check_training_fits, fit_task, seed_everything
 from .backbones import load_backbone
 
 
@@ -29,6 +31,7 @@ class TrainRequest:
     skip_bad: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
     max_pixels: int = MAX_PIXELS
+    cache_gb: float | None = None
 
     def check(self) -> None:
         if self.memory < 1:
@@ -64,6 +67,7 @@ def train_version(
     request: TrainRequest,
     on_step: Callable[[Progress], None] | None = None,
     ctx: DistContext = DistContext(),
+    on_plan: Callable[[CachePlan], None] | None = None,
 ) -> tuple[VersionInfo | None, dict[str, float]]:
     """Train a new version of a task. Under torchrun every rank reads the store; rank 0 alone writes.
 
@@ -77,13 +81,14 @@ def train_version(
     vit, identity = load_backbone(store, task.backbone)
     spec = InputSpec.from_backbone(vit)
     data = load_task_data(store, request.task, request.data, request.skip_bad, spec.img_size, request.max_pixels)
-    train, val = split_train_val(data, request.val_split, request.config.seed)
+    train, val = split_train_val(data, request.val_split, request.config.split_seed)
     model = MemoryViT(vit, identity)
     seed_everything(request.config.seed)  # the new adapter's initial values too: same seed, same result
     model.add_task(
         request.task, len(data.class_names), num_memory=request.memory, mode=request.mode, class_names=data.class_names
     )  # type: ignore[arg-type]
     check_training_fits(model, request.task, request.config)
+    plan = cache_plan_for(model, len(train), request.config, request.cache_gb, request.mode == "reuse", ctx.world_size)
     version = None
     if ctx.is_main:
         hyper = {
@@ -91,8 +96,11 @@ def train_version(
             "val_split": request.val_split,
             "data": request.data,
             "world_size": ctx.world_size,
+            "cache": plan.describe(),
         }
         version = store.begin_version(request.task, request.mode, request.memory, hyper, data.fingerprint())
+    if on_plan is not None and ctx.is_main:
+        on_plan(plan)
     try:
         with store.heartbeat(version) if version is not None else nullcontext():
             result = fit_task(
@@ -104,6 +112,7 @@ def train_version(
                 val=(spec(val.images), val.labels),
                 on_step=on_step,
                 ctx=ctx,
+                cache=FeatureCache(len(train)) if plan.enabled else None,
             )
         metrics = {**result.metrics, "train_samples": len(train), "val_samples": len(val)}
         if version is not None:
@@ -115,6 +124,24 @@ def train_version(
         if version is not None:
             store.fail_version(version, failure_reason(exc))
         raise
+
+
+def cache_plan_for(
+    model: MemoryViT, num_images: int, config: TrainConfig, cache_gb: float | None, reuse: bool, world_size: int = 1
+) -> CachePlan:
+    """The feature-cache plan of a run of `config` over `num_images` (`cache_gb` None: from free memory)."""
+    steps_per_epoch = math.ceil(num_images / config.batch_size)
+    epochs = math.ceil(config.steps / steps_per_epoch) if config.steps is not None else config.epochs
+    budget = None if cache_gb is None else int(cache_gb * GIB)
+    return plan_cache(
+        model,
+        num_images,
+        epochs=epochs,
+        budget_bytes=budget,
+        reuse_mode=reuse,
+        world_size=world_size,
+        device=config.device,
+    )
 
 
 def failure_reason(exc: BaseException) -> str:
