@@ -31,6 +31,8 @@ DEMO_MODEL = "vit_tiny_patch16_224"
 DEMO_KWARGS: dict[str, Any] = {"img_size": 32, "patch_size": 4, "depth": 4}
 DEMO_DATA = "builtin:glyphs"
 DEMO_EPOCHS = 4
+#: Threads pretraining runs on: one, so that the recipe reproduces the same weights bit for bit.
+PRETRAIN_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,23 @@ def pretrain_backbone(
     data: LabeledImages | None = None,
 ) -> tuple[VisionTransformer, dict[str, float]]:
     """Train every weight of a fresh ViT as a classifier of `config.data` (already loaded: `data`);
-    returns it in eval mode."""
+    returns it in eval mode.
+
+    Runs on one CPU thread (`PRETRAIN_THREADS`), whatever the process uses otherwise: float sums
+    split over threads round differently, and one thread makes the weights the same bytes on every
+    run, which is what lets the package ship the demo backbone (`SHIPPED_DEMO_WEIGHTS`).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
+    try:
+        return _pretrain(config, on_epoch, data)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _pretrain(
+    config: PretrainConfig, on_epoch: Callable[[int, float, float], None] | None, data: LabeledImages | None
+) -> tuple[VisionTransformer, dict[str, float]]:
     torch.manual_seed(config.seed)
     data = data if data is not None else load_source(config.data)
     model = create_backbone(config.model_name, num_classes=len(data.class_names), **dict(config.model_kwargs))
