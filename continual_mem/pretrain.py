@@ -3,7 +3,12 @@
 The demo backbone is timm's `vit_tiny_patch16_224` architecture shrunk to 32x32 images (patch 4,
 depth 4) and pretrained from scratch on GENERATED pen-stroke glyphs (`builtin:glyphs`: 64 classes of
 random curves, half of them scanned at a low resolution), data disjoint from every downstream source
-(digits, dot counting). Results shown with it say so.
+(no digits among them). Results shown with it say so.
+
+Pretraining runs on one thread, so the recipe (`PretrainConfig()`) gives the same bytes every time:
+the package ships them (`SHIPPED_DEMO_WEIGHTS`, sha256 `SHIPPED_DEMO_SHA256`), and the demo and the
+scenario commands use that file instead of pretraining for minutes; `cmem backbone pretrain` with the
+recipe reproduces it bit for bit (tests/test_backbone.py, slow).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .adapter import write_safetensors
 from .backbone import create_backbone
-from .data import InputSpec, LabeledImages, load_source
+from .data import GLYPH_CLASSES, InputSpec, LabeledImages, load_source
 from .errors import ConfigError
 
 DEMO_MODEL = "vit_tiny_patch16_224"
@@ -33,6 +38,9 @@ DEMO_DATA = "builtin:glyphs"
 DEMO_EPOCHS = 4
 #: Threads pretraining runs on: one, so that the recipe reproduces the same weights bit for bit.
 PRETRAIN_THREADS = 1
+#: The recipe's weights as `save_backbone(model, path, pretrain_metadata(PretrainConfig()))` writes them.
+SHIPPED_DEMO_WEIGHTS = Path(__file__).parent / "weights" / "demo-vit.safetensors"
+SHIPPED_DEMO_SHA256 = "TODO"
 
 
 @dataclass(frozen=True)
@@ -120,11 +128,23 @@ def pretrain_metadata(config: PretrainConfig) -> dict[str, str]:
     }
 
 
-def demo_backbone(cache_dir: Path | None = None, config: PretrainConfig = PretrainConfig()) -> VisionTransformer:
-    """The demo backbone, pretrained once and cached as `<cache_dir>/demo-backbone.safetensors`.
+def shipped_demo_weights() -> Path:
+    """The package's copy of the recipe's weights, checked against `SHIPPED_DEMO_SHA256`."""
+    digest = hashlib.sha256(SHIPPED_DEMO_WEIGHTS.read_bytes()).hexdigest()
+    if digest != SHIPPED_DEMO_SHA256:
+        raise ConfigError(f"{SHIPPED_DEMO_WEIGHTS} has sha256 {digest}, not the recipe's {SHIPPED_DEMO_SHA256}")
+    return SHIPPED_DEMO_WEIGHTS
 
-    Loads through timm's real local-weights path, so the cached file is used like any other.
+
+def demo_backbone(cache_dir: Path | None = None, config: PretrainConfig = PretrainConfig()) -> VisionTransformer:
+    """The demo backbone: the shipped weights for the recipe, else pretrained once and cached in `cache_dir`.
+
+    Loads through timm's real local-weights path, so the file is used like any other.
     """
+    if config == PretrainConfig():
+        path = shipped_demo_weights()
+        kwargs = {**dict(config.model_kwargs), "num_classes": GLYPH_CLASSES}
+        return create_backbone(config.model_name, weights=path, exact=True, **kwargs)
     cache_dir = Path(cache_dir or os.environ.get("CMEM_CACHE", Path.home() / ".cache" / "continual-mem"))
     data = load_source(config.data)
     # The data's own fingerprint joins the key: a change to a generator's defaults retrains.
