@@ -132,7 +132,7 @@ class BackboneChoice:
             return services.one_off_backbone(self.model_name, self.weights, parse_model_args(self.model_args))
         name = self.name or "demo"
         if name == "demo":
-            click.echo(f"loading the demo backbone (pretrained on {DEMO_DATA} once, then cached)", err=True)
+            click.echo(f"loading the demo backbone (the package's weights, pretrained on {DEMO_DATA})", err=True)
         return services.resolve_backbone(store, name)
 
     def command_args(self) -> str:
