@@ -30,8 +30,8 @@ TEST_DRAWS = 5
 PARTS = ("train", "test")
 #: Side the 8x8 digit is scaled to before it is placed on the canvas.
 DIGIT_SIDE = 24
-NOISE = 0.1
-AMPLITUDE = 0.2
+NOISE = 0.08
+AMPLITUDE = 0.15
 
 
 def shifted_digits(classes: Sequence[int] | None = None, part: str = "train", seed: int = 0) -> LabeledImages:
@@ -83,7 +83,7 @@ def _draw(digits: np.ndarray, rng: np.random.Generator, size: int = SYNTHETIC_SI
     offsets = rng.integers(0, size - DIGIT_SIDE + 1, size=(m, 2))
     for i, (dy, dx) in enumerate(offsets):
         ink[i, dy : dy + DIGIT_SIDE, dx : dx + DIGIT_SIDE] = scaled[i, 0].clamp(0, 1).numpy()
-    canvas = ink * _stripes(m, size, 0.72, rng) + (1 - ink) * _stripes(m, size, 0.28, rng)
+    canvas = ink * _stripes(m, size, 0.75, rng) + (1 - ink) * _stripes(m, size, 0.25, rng)
     inverted = rng.random(m) < 0.5
     canvas[inverted] = 1.0 - canvas[inverted]
     canvas = canvas + rng.normal(0.0, NOISE, size=canvas.shape).astype(np.float32)
@@ -94,7 +94,7 @@ def _stripes(m: int, size: int, mean: float, rng: np.random.Generator) -> np.nda
     """M random striped textures around `mean` (`AMPLITUDE`): orientation, frequency, phase per image."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     angle = rng.uniform(0, np.pi, size=(m, 1, 1))
-    frequency = rng.uniform(0.12, 0.4, size=(m, 1, 1))
+    frequency = rng.uniform(0.05, 0.15, size=(m, 1, 1))
     phase = rng.uniform(0, 2 * np.pi, size=(m, 1, 1))
     wave = np.sin(2 * np.pi * frequency * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
     return (mean + AMPLITUDE * wave).astype(np.float32)

@@ -68,18 +68,30 @@ def _step(message: str) -> None:
 def demo(app: App, epochs: int | None, memory: int, pretrain_epochs: int | None) -> None:
     """Register the demo ViT, grow it into 3 tasks, deploy them and answer all of them in one pass."""
     at_least_one(epochs=epochs, memory=memory, pretrain_epochs=pretrain_epochs)
-    started = time.perf_counter()
+    phases: dict[str, float] = {}
+    started = last = time.perf_counter()
+
+    def done(phase: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        phases[phase], last = now - last, now
+
     store = app.open_store(create=True)
     _step(f"1. backbone {DEMO_BACKBONE} (store: {store.home})")
     _demo_backbone(store, pretrain_epochs)
+    done("backbone")
     _step("2. register and train the tasks (the backbone never changes)")
     for task in DEMO_TASKS:
         _train(store, task, memory, epochs)
+        done(task.name)
     _step("3. predict every deployed task from ONE backbone pass")
     images = _predict_samples(store)
     _step("4. what the store says is deployed")
     _deployed_table(store)
-    click.echo(f"\nDone in {time.perf_counter() - started:.0f} s. Try: cmem --home {app.home} task show shifted")
+    done("predict")
+    breakdown = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items())
+    click.echo(f"\nDone in {time.perf_counter() - started:.0f} s ({breakdown}).")
+    click.echo(f"Try: cmem --home {app.home} task show shifted")
     click.echo(
         f"Serve every deployed task over HTTP: cmem --home {app.home} serve  (then: curl -F "
         f"image=@{images[0]} http://127.0.0.1:8000/v1/predict)"
