@@ -30,8 +30,10 @@ TEST_DRAWS = 5
 PARTS = ("train", "test")
 #: Side the 8x8 digit is scaled to before it is placed on the canvas.
 DIGIT_SIDE = 24
-NOISE = 0.08
-AMPLITUDE = 0.15
+NOISE = 0.05
+AMPLITUDE = 0.1
+#: Fraction of the images drawn dark on light.
+INVERTED = 0.5
 
 
 def shifted_digits(classes: Sequence[int] | None = None, part: str = "train", seed: int = 0) -> LabeledImages:
@@ -84,7 +86,7 @@ def _draw(digits: np.ndarray, rng: np.random.Generator, size: int = SYNTHETIC_SI
     for i, (dy, dx) in enumerate(offsets):
         ink[i, dy : dy + DIGIT_SIDE, dx : dx + DIGIT_SIDE] = scaled[i, 0].clamp(0, 1).numpy()
     canvas = ink * _stripes(m, size, 0.75, rng) + (1 - ink) * _stripes(m, size, 0.25, rng)
-    inverted = rng.random(m) < 0.5
+    inverted = rng.random(m) < INVERTED
     canvas[inverted] = 1.0 - canvas[inverted]
     canvas = canvas + rng.normal(0.0, NOISE, size=canvas.shape).astype(np.float32)
     return torch.from_numpy(np.clip(canvas, 0.0, 1.0)).unsqueeze(1)
