@@ -3,7 +3,7 @@
 Sources (strings, as the CLI takes them):
   * a directory: one sub-folder per class (torchvision ImageFolder conventions);
   * `builtin:digits[?classes=5,6]`: scikit-learn's real 8x8 handwritten digits (1,797 images);
-  * `builtin:shifted-digits[?classes=..&part=train|test&seed=..]`: the same real digits drawn with
+  * `builtin:shifted-digits[?classes=..&part=train|test&seed=..&stripes=..&noise=..]`: the same real digits drawn with
     textured ink and ground, half inverted, with noise (GENERATED from them, `shifted_digits`): a
     domain shift from the demo backbone's pretraining; train and test parts from disjoint digits;
   * `builtin:glyphs[?n=..&seed=..&lowres=..]`: GENERATED pen-stroke glyphs, the pretraining data of
@@ -119,11 +119,12 @@ def _digits_from_options(options: dict[str, str]) -> LabeledImages:
 def _shifted_digits_from_options(options: dict[str, str]) -> LabeledImages:
     from .shifted_digits import shifted_digits
 
-    unknown = set(options) - {"classes", "part", "seed"}
+    unknown = set(options) - {"classes", "part", "seed", "stripes", "noise"}
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}")
     classes = _int_list(options["classes"]) if "classes" in options else None
-    return shifted_digits(classes, part=options.get("part", "train"), seed=int(options.get("seed", 0)))
+    style = {k: float(options[k]) for k in ("stripes", "noise") if k in options}
+    return shifted_digits(classes, part=options.get("part", "train"), seed=int(options.get("seed", 0)), **style)
 
 
 def _shapes_from_options(options: dict[str, str]) -> LabeledImages:

@@ -36,15 +36,29 @@ AMPLITUDE = 0.1
 INVERTED = 0.5
 
 
-def shifted_digits(classes: Sequence[int] | None = None, part: str = "train", seed: int = 0) -> LabeledImages:
-    """One part (`train` or `test`) of the shifted digits, classes relabelled 0..k-1 when given."""
+def shifted_digits(
+    classes: Sequence[int] | None = None,
+    part: str = "train",
+    seed: int = 0,
+    stripes: float = AMPLITUDE,
+    noise: float = NOISE,
+) -> LabeledImages:
+    """One part (`train` or `test`) of the shifted digits, classes relabelled 0..k-1 when given.
+
+    `stripes` (the textures' amplitude) and `noise` (its standard deviation) set how far the style
+    moves; 0 and 0 leave the inversion alone (half of the digits dark on a light ground).
+    """
     if part not in PARTS:
         raise ValueError(f"part must be one of {', '.join(PARTS)}, got {part!r}")
-    data = shifted_digits_parts(seed)[PARTS.index(part)]
+    if not (0.0 <= stripes <= 0.25 and 0.0 <= noise <= 0.5):
+        raise ValueError(f"stripes must be in [0, 0.25] and noise in [0, 0.5], got {stripes} and {noise}")
+    data = shifted_digits_parts(seed, stripes, noise)[PARTS.index(part)]
     return select_classes(data, classes)
 
 
-def shifted_digits_parts(seed: int = 0) -> tuple[LabeledImages, LabeledImages]:
+def shifted_digits_parts(
+    seed: int = 0, stripes: float = AMPLITUDE, noise: float = NOISE
+) -> tuple[LabeledImages, LabeledImages]:
     """The training and test parts, drawn from disjoint sets of real digits."""
     from sklearn.datasets import load_digits
 
@@ -53,7 +67,7 @@ def shifted_digits_parts(seed: int = 0) -> tuple[LabeledImages, LabeledImages]:
     rng = np.random.default_rng(seed + 271_828)
     parts = []
     for rows, part in zip(source_rows(seed), PARTS):
-        images = _draw(digits[rows], rng)
+        images = _draw(digits[rows], rng, stripes, noise)
         labels = torch.from_numpy(bunch.target[rows].astype(np.int64))
         parts.append(LabeledImages(images, labels, [str(i) for i in range(10)], f"builtin:shifted-digits?part={part}"))
     return parts[0], parts[1]
@@ -77,7 +91,9 @@ def source_rows(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(train), np.concatenate(test)
 
 
-def _draw(digits: np.ndarray, rng: np.random.Generator, size: int = SYNTHETIC_SIZE) -> torch.Tensor:
+def _draw(
+    digits: np.ndarray, rng: np.random.Generator, stripes: float, noise: float, size: int = SYNTHETIC_SIZE
+) -> torch.Tensor:
     """(M, 8, 8) digits in [0, 1] -> (M, 1, size, size) textured, half inverted, noisy images."""
     m = len(digits)
     scaled = F.interpolate(torch.from_numpy(digits).unsqueeze(1), size=(DIGIT_SIDE, DIGIT_SIDE), mode="bilinear")
@@ -85,18 +101,18 @@ def _draw(digits: np.ndarray, rng: np.random.Generator, size: int = SYNTHETIC_SI
     offsets = rng.integers(0, size - DIGIT_SIDE + 1, size=(m, 2))
     for i, (dy, dx) in enumerate(offsets):
         ink[i, dy : dy + DIGIT_SIDE, dx : dx + DIGIT_SIDE] = scaled[i, 0].clamp(0, 1).numpy()
-    canvas = ink * _stripes(m, size, 0.75, rng) + (1 - ink) * _stripes(m, size, 0.25, rng)
+    canvas = ink * _stripes(m, size, 0.75, stripes, rng) + (1 - ink) * _stripes(m, size, 0.25, stripes, rng)
     inverted = rng.random(m) < INVERTED
     canvas[inverted] = 1.0 - canvas[inverted]
-    canvas = canvas + rng.normal(0.0, NOISE, size=canvas.shape).astype(np.float32)
+    canvas = canvas + rng.normal(0.0, noise, size=canvas.shape).astype(np.float32)
     return torch.from_numpy(np.clip(canvas, 0.0, 1.0)).unsqueeze(1)
 
 
-def _stripes(m: int, size: int, mean: float, rng: np.random.Generator) -> np.ndarray:
-    """M random striped textures around `mean` (`AMPLITUDE`): orientation, frequency, phase per image."""
+def _stripes(m: int, size: int, mean: float, amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """M random striped textures around `mean`: orientation, frequency, phase per image."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     angle = rng.uniform(0, np.pi, size=(m, 1, 1))
     frequency = rng.uniform(0.05, 0.15, size=(m, 1, 1))
     phase = rng.uniform(0, 2 * np.pi, size=(m, 1, 1))
     wave = np.sin(2 * np.pi * frequency * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
-    return (mean + AMPLITUDE * wave).astype(np.float32)
+    return (mean + amplitude * wave).astype(np.float32)
