@@ -45,6 +45,7 @@ def test_class_subsets_are_relabelled_in_the_given_order() -> None:
         ("builtin:shifted-digits?seed=one", "bad options"),
         ("builtin:shifted-digits?part=val", "part must be one of train, test"),
         ("builtin:shifted-digits?n=5", "unknown option"),
+        ("builtin:shifted-digits?stripes=0.5", "stripes must be in"),
     ],
 )
 def test_bad_builtin_specs_are_refused(spec: str, message: str) -> None:
