@@ -1,7 +1,7 @@
 """`builtin:shifted-digits`: scikit-learn's real digits drawn in a style no pretraining here has seen.
 
-Each real 8x8 digit is scaled to 24x24 and placed at a random offset on a 32x32 canvas; its ink and
-its background are filled with two random striped textures (orientation, frequency and phase drawn
+Each real 8x8 digit is scaled to 32x32 (as split-digits reaches the demo backbone); its ink and its
+background are filled with two random striped textures (orientation, frequency and phase drawn
 per image, with overlapping brightness ranges), half of the images are inverted (dark ink on light
 ground) and Gaussian noise is added. The demo backbone was pretrained on clean light strokes on a
 black ground (`builtin:glyphs`), so textured, inverted, noisy digits are a real domain shift for
@@ -28,8 +28,6 @@ TEST_DIGITS = 50
 TRAIN_DRAWS = 3
 TEST_DRAWS = 5
 PARTS = ("train", "test")
-#: Side the 8x8 digit is scaled to before it is placed on the canvas.
-DIGIT_SIDE = 24
 NOISE = 0.05
 AMPLITUDE = 0.1
 #: Fraction of the images drawn dark on light.
@@ -96,11 +94,8 @@ def _draw(
 ) -> torch.Tensor:
     """(M, 8, 8) digits in [0, 1] -> (M, 1, size, size) textured, half inverted, noisy images."""
     m = len(digits)
-    scaled = F.interpolate(torch.from_numpy(digits).unsqueeze(1), size=(DIGIT_SIDE, DIGIT_SIDE), mode="bilinear")
-    ink = np.zeros((m, size, size), np.float32)
-    offsets = rng.integers(0, size - DIGIT_SIDE + 1, size=(m, 2))
-    for i, (dy, dx) in enumerate(offsets):
-        ink[i, dy : dy + DIGIT_SIDE, dx : dx + DIGIT_SIDE] = scaled[i, 0].clamp(0, 1).numpy()
+    scaled = F.interpolate(torch.from_numpy(digits).unsqueeze(1), size=(size, size), mode="bilinear")
+    ink = scaled[:, 0].clamp(0, 1).numpy()
     canvas = ink * _stripes(m, size, 0.75, stripes, rng) + (1 - ink) * _stripes(m, size, 0.25, stripes, rng)
     inverted = rng.random(m) < INVERTED
     canvas[inverted] = 1.0 - canvas[inverted]

@@ -388,7 +388,7 @@ def benchmarks_text() -> str:
         "train/test split, 10 classes in 5 experiences of 2 in a fixed seeded class order (about 108 test "
         "images per experience: one seed to the next moves a strategy 2-4 points).\n"
         f"- **shifted-digits**: the same real digits, GENERATED into 32x32 drawings: each digit scaled to "
-        "24 px at a random offset, its ink and its ground filled with two random striped textures (orientation, "
+        "32 px as in split-digits, its ink and its ground filled with two random striped textures (orientation, "
         "frequency, phase per image), half of the images inverted (dark ink on a light ground), Gaussian noise. "
         f"The real digits are split first, per class and seeded: {TRAIN_DIGITS} for training, drawn "
         f"{TRAIN_DRAWS} times each, and {TEST_DIGITS} others for testing, drawn {TEST_DRAWS} times each "

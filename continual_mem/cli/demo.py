@@ -38,15 +38,22 @@ class DemoTask:
 
 
 DEMO_BACKBONE = "demo-vit"
+#: The task that needs its memory: two real digits, half of them drawn dark on a light ground, which
+#: the backbone's pretraining (light strokes on black) never showed. Its features alone give about
+#: 0.85 on held-out digits; memory tokens in full attention adapt them (measured with
+#: /tmp-style candidates in the report of issue 11: 1 vs 4 gained most at this setting).
 SHIFTED_PAIR = "1,4"
+SHIFTED_SOURCE = f"builtin:shifted-digits?classes={SHIFTED_PAIR}&stripes=0&noise=0"
 DEMO_TASKS = (
     DemoTask("digits-low", "builtin:digits?classes=0,1,2,3,4", "handwritten digits 0-4 (scikit-learn, real)"),
     DemoTask("digits-high", "builtin:digits?classes=5,6,7,8,9", "handwritten digits 5-9 (scikit-learn, real)"),
     DemoTask(
         "shifted",
-        f"builtin:shifted-digits?classes={SHIFTED_PAIR}",
-        f"real digits {SHIFTED_PAIR.replace(',', ' vs ')} drawn textured, half inverted, noisy (shifted-digits)",
-        test_source=f"builtin:shifted-digits?classes={SHIFTED_PAIR}&part=test",
+        SHIFTED_SOURCE,
+        f"real digits {SHIFTED_PAIR.replace(',', ' vs ')}, half of them inverted (dark on light; shifted-digits)",
+        mode="full",
+        lr=1e-2,
+        test_source=f"{SHIFTED_SOURCE}&part=test",
     ),
 )
 
