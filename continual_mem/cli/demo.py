@@ -39,9 +39,9 @@ class DemoTask:
 
 DEMO_BACKBONE = "demo-vit"
 #: The task that needs its memory: two real digits, half of them drawn dark on a light ground, which
-#: the backbone's pretraining (light strokes on black) never showed. Its features alone give about
-#: 0.85 on held-out digits; memory tokens in full attention adapt them (measured with
-#: /tmp-style candidates in the report of issue 11: 1 vs 4 gained most at this setting).
+#: the backbone's pretraining (light strokes on black) never showed. Measured on the 500 held-out
+#: images (seed 0): head only 0.936, memory in full attention at lr 1e-2 0.966. With the stripes
+#: and noise too the shift is too hard for 10 epochs here (memory 0.804, head only 0.738).
 SHIFTED_PAIR = "1,4"
 SHIFTED_SOURCE = f"builtin:shifted-digits?classes={SHIFTED_PAIR}&stripes=0&noise=0"
 DEMO_TASKS = (
