@@ -15,6 +15,7 @@ from .backbone import pretrain_backbone_with_progress, pretrain_config
 from .options import at_least_one
 from .output import Table, metric
 from .root import App, pass_app
+from .scenario import THREADS_OPTION
 from .task import train_with_progress
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ def _step(message: str) -> None:
     default=None,
     help="Pretrain the backbone here for this many epochs instead of using the shipped weights.",
 )
+@THREADS_OPTION
 @pass_app
 def demo(app: App, epochs: int | None, memory: int, pretrain_epochs: int | None) -> None:
     """Register the demo ViT, grow it into 3 tasks, deploy them and answer all of them in one pass."""
