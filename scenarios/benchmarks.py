@@ -398,7 +398,7 @@ def benchmarks_text() -> str:
         "backbone was pretrained on clean light pen strokes on a black ground (generated glyphs); it has never "
         "seen textures, inverted contrast or this noise, so its class token's features separate these digits "
         "less well than a model that adapts its features: head-only falls well below per-task full "
-        "fine-tuning here, which is what the memory tokens can recover."
+        "fine-tuning here: the gap the memory tokens are meant to close."
     )
 
 
