@@ -3,10 +3,11 @@
 Sources (strings, as the CLI takes them):
   * a directory: one sub-folder per class (torchvision ImageFolder conventions);
   * `builtin:digits[?classes=5,6]`: scikit-learn's real 8x8 handwritten digits (1,797 images);
-  * `builtin:synthetic[?classes=..&n=..&seed=..]`: GENERATED dot-counting images (class = number of
-    dots and their layout), made to be hard for a frozen backbone's head alone;
+  * `builtin:shifted-digits[?classes=..&part=train|test&seed=..&stripes=..&noise=..]`: the same real digits drawn with
+    textured ink and ground, half inverted, with noise (GENERATED from them, `shifted_digits`): a
+    domain shift from the demo backbone's pretraining; train and test parts from disjoint digits;
   * `builtin:glyphs[?n=..&seed=..&lowres=..]`: GENERATED pen-stroke glyphs, the pretraining data of
-    the project's demo backbone; disjoint from every downstream source above;
+    the project's demo backbone; no digits among them;
   * `builtin:shapes[?n=..&seed=..]`: GENERATED geometric shapes, a simpler pretraining set.
 All sources give float images in [0, 1], (N, C, H, W), before the backbone's own transform.
 """
@@ -89,7 +90,7 @@ def _load_builtin(spec: str) -> LabeledImages:
     options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     builders = {
         "digits": _digits_from_options,
-        "synthetic": _synthetic_from_options,
+        "shifted-digits": _shifted_digits_from_options,
         "shapes": _shapes_from_options,
         "glyphs": _glyphs_from_options,
     }
@@ -115,12 +116,15 @@ def _digits_from_options(options: dict[str, str]) -> LabeledImages:
     return digits(classes)
 
 
-def _synthetic_from_options(options: dict[str, str]) -> LabeledImages:
-    unknown = set(options) - {"classes", "n", "seed"}
+def _shifted_digits_from_options(options: dict[str, str]) -> LabeledImages:
+    from .shifted_digits import shifted_digits
+
+    unknown = set(options) - {"classes", "part", "seed", "stripes", "noise"}
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}")
     classes = _int_list(options["classes"]) if "classes" in options else None
-    return synthetic(classes, n_per_class=int(options.get("n", 150)), seed=int(options.get("seed", 0)))
+    style = {k: float(options[k]) for k in ("stripes", "noise") if k in options}
+    return shifted_digits(classes, part=options.get("part", "train"), seed=int(options.get("seed", 0)), **style)
 
 
 def _shapes_from_options(options: dict[str, str]) -> LabeledImages:
@@ -140,7 +144,7 @@ def _glyphs_from_options(options: dict[str, str]) -> LabeledImages:
     return glyphs(n_per_class=int(options.get("n", GLYPH_PER_CLASS)), seed=int(options.get("seed", 0)), lowres=lowres)
 
 
-def _select_classes(data: LabeledImages, classes: Sequence[int] | None) -> LabeledImages:
+def select_classes(data: LabeledImages, classes: Sequence[int] | None) -> LabeledImages:
     """Keep the given class ids (in that order), relabelled 0..k-1."""
     if classes is None:
         return data
@@ -165,7 +169,7 @@ def digits(classes: Sequence[int] | None = None) -> LabeledImages:
     data = LabeledImages(
         images, torch.tensor(bunch.target, dtype=torch.long), [str(i) for i in range(10)], "builtin:digits"
     )
-    return _select_classes(data, classes)
+    return select_classes(data, classes)
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -291,44 +295,6 @@ def _low_resolution(images: Tensor, fraction: float, rng: np.random.Generator) -
             small = F.interpolate(images[rows], size=(side, side), mode="area")
             out[rows] = F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False)
     return out
-
-
-SYNTHETIC_CLASSES = tuple(f"{n}-dots-{layout}" for n in range(1, 6) for layout in ("row", "column"))
-
-
-def _dots(count: int, layout: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` small blobs spread along a jittered row or column, among faint distractor strokes."""
-    yy, xx = _grid(size)
-    canvas = np.zeros((size, size), np.float32)
-    along = np.sort(rng.choice(np.arange(3, size - 3, 5), size=count, replace=False)).astype(np.float32)
-    across = rng.uniform(6, size - 6) + rng.normal(0, 1.5, size=count)
-    for a, c in zip(along, across):
-        cy, cx = (c, a) if layout == "row" else (a, c)
-        radius = rng.uniform(1.2, 2.2)
-        canvas = np.maximum(canvas, ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2) * rng.uniform(0.6, 1.0))
-    for _ in range(rng.integers(1, 3)):
-        canvas = np.maximum(canvas, 0.35 * _draw_shape(str(rng.choice(["hbar", "vbar", "diagonal"])), size, rng))
-    return canvas
-
-
-def synthetic(
-    classes: Sequence[int] | None = None, n_per_class: int = 150, seed: int = 0, size: int = SYNTHETIC_SIZE
-) -> LabeledImages:
-    """GENERATED downstream data: 10 classes = 1..5 dots laid out as a row or a column."""
-    rng = np.random.default_rng(seed + 1_000_003)
-    images, labels = [], []
-    for label, name in enumerate(SYNTHETIC_CLASSES):
-        count, layout = int(name.split("-")[0]), name.rsplit("-", 1)[1]
-        for _ in range(n_per_class):
-            images.append(_finish(_dots(count, layout, size, rng), rng, 0.1))
-            labels.append(label)
-    data = LabeledImages(
-        torch.from_numpy(np.stack(images).astype(np.float32)).unsqueeze(1),
-        torch.tensor(labels),
-        list(SYNTHETIC_CLASSES),
-        "builtin:synthetic",
-    )
-    return _select_classes(data, classes)
 
 
 def load_image_folder(

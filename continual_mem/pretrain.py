@@ -3,7 +3,12 @@
 The demo backbone is timm's `vit_tiny_patch16_224` architecture shrunk to 32x32 images (patch 4,
 depth 4) and pretrained from scratch on GENERATED pen-stroke glyphs (`builtin:glyphs`: 64 classes of
 random curves, half of them scanned at a low resolution), data disjoint from every downstream source
-(digits, dot counting). Results shown with it say so.
+(no digits among them). Results shown with it say so.
+
+Pretraining runs on one thread, so the recipe (`PretrainConfig()`) gives the same bytes every time:
+the package ships them (`SHIPPED_DEMO_WEIGHTS`, sha256 `SHIPPED_DEMO_SHA256`), and the demo and the
+scenario commands use that file instead of pretraining for minutes; `cmem backbone pretrain` with the
+recipe reproduces it bit for bit (tests/test_backbone.py, slow).
 """
 
 from __future__ import annotations
@@ -24,13 +29,18 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .adapter import write_safetensors
 from .backbone import create_backbone
-from .data import InputSpec, LabeledImages, load_source
+from .data import GLYPH_CLASSES, InputSpec, LabeledImages, load_source
 from .errors import ConfigError
 
 DEMO_MODEL = "vit_tiny_patch16_224"
 DEMO_KWARGS: dict[str, Any] = {"img_size": 32, "patch_size": 4, "depth": 4}
 DEMO_DATA = "builtin:glyphs"
 DEMO_EPOCHS = 4
+#: Threads pretraining runs on: one, so that the recipe reproduces the same weights bit for bit.
+PRETRAIN_THREADS = 1
+#: The recipe's weights as `save_backbone(model, path, pretrain_metadata(PretrainConfig()))` writes them.
+SHIPPED_DEMO_WEIGHTS = Path(__file__).parent / "weights" / "demo-vit.safetensors"
+SHIPPED_DEMO_SHA256 = "7f8f7b456ca6eca96908fc9e3c1d833615bc198948fa8be066bd60258475b7d0"
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,23 @@ def pretrain_backbone(
     data: LabeledImages | None = None,
 ) -> tuple[VisionTransformer, dict[str, float]]:
     """Train every weight of a fresh ViT as a classifier of `config.data` (already loaded: `data`);
-    returns it in eval mode."""
+    returns it in eval mode.
+
+    Runs on one CPU thread (`PRETRAIN_THREADS`), whatever the process uses otherwise: float sums
+    split over threads round differently, and one thread makes the weights the same bytes on every
+    run, which is what lets the package ship the demo backbone (`SHIPPED_DEMO_WEIGHTS`).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
+    try:
+        return _pretrain(config, on_epoch, data)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _pretrain(
+    config: PretrainConfig, on_epoch: Callable[[int, float, float], None] | None, data: LabeledImages | None
+) -> tuple[VisionTransformer, dict[str, float]]:
     torch.manual_seed(config.seed)
     data = data if data is not None else load_source(config.data)
     model = create_backbone(config.model_name, num_classes=len(data.class_names), **dict(config.model_kwargs))
@@ -102,11 +128,23 @@ def pretrain_metadata(config: PretrainConfig) -> dict[str, str]:
     }
 
 
-def demo_backbone(cache_dir: Path | None = None, config: PretrainConfig = PretrainConfig()) -> VisionTransformer:
-    """The demo backbone, pretrained once and cached as `<cache_dir>/demo-backbone.safetensors`.
+def shipped_demo_weights() -> Path:
+    """The package's copy of the recipe's weights, checked against `SHIPPED_DEMO_SHA256`."""
+    digest = hashlib.sha256(SHIPPED_DEMO_WEIGHTS.read_bytes()).hexdigest()
+    if digest != SHIPPED_DEMO_SHA256:
+        raise ConfigError(f"{SHIPPED_DEMO_WEIGHTS} has sha256 {digest}, not the recipe's {SHIPPED_DEMO_SHA256}")
+    return SHIPPED_DEMO_WEIGHTS
 
-    Loads through timm's real local-weights path, so the cached file is used like any other.
+
+def demo_backbone(cache_dir: Path | None = None, config: PretrainConfig = PretrainConfig()) -> VisionTransformer:
+    """The demo backbone: the shipped weights for the recipe, else pretrained once and cached in `cache_dir`.
+
+    Loads through timm's real local-weights path, so the file is used like any other.
     """
+    if config == PretrainConfig():
+        path = shipped_demo_weights()
+        kwargs = {**dict(config.model_kwargs), "num_classes": GLYPH_CLASSES}
+        return create_backbone(config.model_name, weights=path, exact=True, **kwargs)
     cache_dir = Path(cache_dir or os.environ.get("CMEM_CACHE", Path.home() / ".cache" / "continual-mem"))
     data = load_source(config.data)
     # The data's own fingerprint joins the key: a change to a generator's defaults retrains.

@@ -1,6 +1,6 @@
 """Continual-learning scenarios on Avalanche: the memory-token strategy against Avalanche's own.
 
-Modules: `benchmarks` (split-digits, synthetic, image folders, torchvision sets as Avalanche
+Modules: `benchmarks` (split-digits, shifted-digits, image folders, torchvision sets as Avalanche
 benchmarks), `strategies` (the registry of every strategy a scenario runs: how to build it, its
 learning rate, protocols and cost), `strategy` (the memory-token strategy), `bottleneck` (per-task
 bottleneck adapters, alone and with memory), `baselines` (Naive,

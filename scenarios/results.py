@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from .benchmarks import Protocol, ScenarioError
+from .benchmarks import Protocol, ScenarioError, benchmarks_text
 from .costs import measure_costs
 from .l2p import POOL_SIZE, PROMPT_LENGTH, TOP_K
 from .lr_selection import Selection, chosen_budget, chosen_table, rate_label, selection_requests, selections
@@ -48,7 +48,7 @@ from .strategy import DEFAULT_ROUTE, DEFAULT_SHRINKAGE
 #: Every run of `generate_results`, with what the document needs, kept in the report folder.
 ALL_RESULTS = "all-results.json"
 #: What docs/results.md covers: scenario -> protocols.
-RESULT_PLAN: dict[str, tuple[Protocol, ...]] = {"split-digits": ("task", "class"), "synthetic": ("task", "class")}
+RESULT_PLAN: dict[str, tuple[Protocol, ...]] = {"split-digits": ("task", "class"), "shifted-digits": ("task", "class")}
 
 
 def generate_results(
@@ -294,12 +294,7 @@ def _setup_lines(
         f"heads ({facts['parameters'] / 1e6:.2f}M parameters, weights sha256 `{facts['sha256'][:12]}`"
         f"{', from ' + facts['source'] if facts.get('source') else ''}).{pretraining}"
     )
-    data = (
-        "- **split-digits**: scikit-learn's 1,797 real 8x8 handwritten digits, seeded stratified 70/30 "
-        "train/test split, 10 classes in 5 experiences of 2 in a fixed seeded class order. **synthetic**: "
-        "GENERATED 32x32 images of 1-5 dots laid out as a row or a column, 150 per class, 5 experiences of 2 "
-        "classes that differ in count or in layout only."
-    )
+    data = benchmarks_text()
     inputs = {r.scenario: input_text(r.config["input"]) for r in results if "input" in r.config}
     if inputs:
         data += " Images as the backbone gets them: " + "; ".join(f"{k}: {v}" for k, v in inputs.items()) + "."

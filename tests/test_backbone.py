@@ -84,3 +84,41 @@ def test_backbone_config_describes_the_model(saved) -> None:
         "reg_tokens": 0,
         "num_classes": 4,
     }
+
+
+def test_the_shipped_demo_backbone_is_checked_and_registered(tmp_path) -> None:
+    import hashlib
+
+    from continual_mem import services
+    from continual_mem.pretrain import SHIPPED_DEMO_SHA256, SHIPPED_DEMO_WEIGHTS, demo_backbone
+    from store import TaskStore
+
+    assert hashlib.sha256(SHIPPED_DEMO_WEIGHTS.read_bytes()).hexdigest() == SHIPPED_DEMO_SHA256
+    with TaskStore(tmp_path) as store:
+        info = services.add_demo_backbone(store, "demo-vit")
+        model, _ = services.load_backbone(store, "demo-vit")
+    assert info.weights_sha256 == fingerprint(demo_backbone()) == fingerprint(model)
+    assert info.config["source"] == "shipped with the package, pretrained by the recipe on builtin:glyphs"
+    assert info.config["pretrain"]["epochs"] == 4 and model.num_classes == 64
+
+
+@pytest.mark.slow
+def test_the_recipe_reproduces_the_shipped_demo_backbone_bit_for_bit(tmp_path) -> None:
+    """`cmem backbone pretrain` with the demo recipe gives the shipped file's bytes (one thread)."""
+    import hashlib
+
+    from click.testing import CliRunner
+
+    from continual_mem import services
+    from continual_mem.cli import cli
+    from continual_mem.pretrain import SHIPPED_DEMO_SHA256, PretrainConfig, pretrain_metadata, save_backbone
+    from store import TaskStore
+
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "backbone", "pretrain", "again"])
+    assert result.exit_code == 0, result.output
+    with TaskStore(tmp_path) as store:
+        again, _ = services.load_backbone(store, "again")
+        services.add_demo_backbone(store, "shipped")
+        assert store.get_backbone("again").weights_sha256 == store.get_backbone("shipped").weights_sha256
+    path = save_backbone(again, tmp_path / "again.safetensors", pretrain_metadata(PretrainConfig()))
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SHIPPED_DEMO_SHA256

@@ -14,8 +14,8 @@ from continual_mem.data import (
     digits,
     load_source,
     split_train_val,
-    synthetic,
 )
+from continual_mem.shifted_digits import shifted_digits, shifted_digits_parts, source_rows
 
 
 def test_digits_are_the_real_scikit_learn_digits() -> None:
@@ -42,7 +42,10 @@ def test_class_subsets_are_relabelled_in_the_given_order() -> None:
         ("builtin:digits?classes=3,11", "classes must be distinct ids in 0..9"),
         ("builtin:digits?classes=3,3", "classes must be distinct"),
         ("builtin:digits?colour=red", "unknown option"),
-        ("builtin:synthetic?n=many", "bad options"),
+        ("builtin:shifted-digits?seed=one", "bad options"),
+        ("builtin:shifted-digits?part=val", "part must be one of train, test"),
+        ("builtin:shifted-digits?n=5", "unknown option"),
+        ("builtin:shifted-digits?stripes=0.5", "stripes must be in"),
     ],
 )
 def test_bad_builtin_specs_are_refused(spec: str, message: str) -> None:
@@ -51,13 +54,39 @@ def test_bad_builtin_specs_are_refused(spec: str, message: str) -> None:
 
 
 def test_generated_data_is_deterministic_and_float32() -> None:
-    a, b = synthetic(n_per_class=3, seed=1), synthetic(n_per_class=3, seed=1)
-    assert torch.equal(a.images, b.images) and a.images.dtype == torch.float32
-    assert len(a.class_names) == 10 and a.images.shape == (30, 1, 32, 32)
-    assert not torch.equal(a.images, synthetic(n_per_class=3, seed=2).images)
     shapes = load_source("builtin:shapes?n=2")
     glyphs = load_source("builtin:glyphs?n=2")
     assert shapes.images.dtype == glyphs.images.dtype == torch.float32 and len(glyphs.class_names) == 64
+
+
+def test_shifted_digits_are_seeded_balanced_and_disjoint() -> None:
+    from sklearn.datasets import load_digits
+
+    train, test = shifted_digits_parts(seed=0)
+    again_train, again_test = shifted_digits_parts(seed=0)
+    assert torch.equal(train.images, again_train.images) and torch.equal(test.images, again_test.images)
+    assert not torch.equal(train.images, shifted_digits_parts(seed=1)[0].images)
+    assert train.images.shape == (3600, 1, 32, 32) and test.images.shape == (2500, 1, 32, 32)
+    assert train.images.dtype == torch.float32 and 0.0 <= float(train.images.min()) < float(train.images.max()) <= 1.0
+    assert train.labels.bincount().tolist() == [360] * 10 and test.labels.bincount().tolist() == [250] * 10
+    train_rows, test_rows = source_rows(seed=0)
+    assert set(train_rows).isdisjoint(test_rows)  # no real digit is drawn for both parts
+    assert len(set(train_rows)) == 1200 and len(set(test_rows)) == 500
+    target = load_digits().target
+    assert (
+        torch.equal(train.labels, torch.from_numpy(target[train_rows]))
+        and (target[test_rows] == test.labels.numpy()).all()
+    )
+    # Three drawings of one digit are three different images.
+    assert not torch.equal(train.images[0], train.images[1]) and train_rows[0] == train_rows[1] == train_rows[2]
+
+
+def test_shifted_digits_source_options() -> None:
+    pair = load_source("builtin:shifted-digits?classes=4,1&part=test")
+    assert pair.class_names == ["4", "1"] and len(pair) == 500 and pair.source.startswith("builtin:shifted-digits")
+    test = shifted_digits(part="test")
+    assert torch.equal(pair.images[pair.labels == 1], test.images[test.labels == 1])
+    assert len(load_source("builtin:shifted-digits")) == 3600
 
 
 def test_image_folder_converts_grey_and_rgba_and_refuses_or_skips_bad_files(tmp_path) -> None:

@@ -22,14 +22,13 @@ from continual_mem.adapter import count_task_parameters
 from continual_mem.cli.scenario import scenario_group
 from continual_mem.data import InputSpec
 from scenarios.benchmarks import (
-    SYNTHETIC_ORDER,
     ScenarioError,
     build_scenario,
     experience_sizes,
     seeded_order,
     split_digits,
     split_image_folder,
-    split_synthetic,
+    split_shifted_digits,
 )
 from scenarios.metrics import count_backbone_passes
 from scenarios.runner import (
@@ -125,10 +124,13 @@ def test_experience_sizes() -> None:
             experience_sizes(*args)
 
 
-def test_synthetic_scenario(spec) -> None:
-    scenario = split_synthetic(spec, "task", limit_per_class=5)
-    assert scenario.class_order == SYNTHETIC_ORDER and scenario.n_experiences == 5
-    assert scenario.describe()["experiences"][0] == ["4-dots-row", "5-dots-row"]
+def test_shifted_digits_scenario(spec) -> None:
+    scenario = split_shifted_digits(spec, "task")
+    assert scenario.train_size == 3600 and scenario.test_size == 2500 and scenario.n_experiences == 5
+    assert scenario.class_order == split_digits(spec, "task", limit_per_class=5).class_order
+    sizes = [len(experience.dataset) for experience in scenario.benchmark.test_stream]
+    assert sizes == [500] * 5  # large enough to resolve a 2-point difference
+    assert build_scenario("shifted-digits", spec, "class").protocol == "class"
 
 
 def test_image_folder_scenario(tmp_path, spec) -> None:

@@ -71,7 +71,8 @@ def _head_revision(files: dict[str, bytes]) -> str:
 
 def test_the_wheel_carries_every_package_the_migrations_and_the_data_files(wheel) -> None:
     files = _wheel_files(wheel)
-    assert {"store/migrations/env.py", "store/migrations/script.py.mako", "scenarios/metrics.md"} <= set(files)
+    data_files = {"store/migrations/env.py", "store/migrations/script.py.mako", "scenarios/metrics.md"}
+    assert data_files | {"continual_mem/weights/demo-vit.safetensors"} <= set(files)
     migrations = sorted(p.name for p in (ROOT / "alembic" / "versions").glob("*.py"))
     assert migrations and all(f"store/migrations/versions/{m}" in files for m in migrations)
     for init in [*ROOT.glob("*/__init__.py"), *ROOT.glob("*/*/__init__.py")]:

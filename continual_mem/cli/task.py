@@ -178,7 +178,7 @@ def task_tag(app: App, name: str, tag: str, version: int | None) -> None:
     "data_sources",
     required=True,
     multiple=True,
-    help="Image folder, builtin:digits[?classes=..], builtin:synthetic; once for all tasks or once per task.",
+    help="Image folder, builtin:digits[?classes=..], builtin:shifted-digits[?classes=..&part=train|test]; once for all tasks or once per task.",
 )
 @click.option("--memory", type=int, default=5, show_default=True, help="Memory tokens per layer.")
 @click.option("--mode", type=click.Choice(["reuse", "full"]), default="reuse", show_default=True)

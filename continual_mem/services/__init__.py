@@ -11,11 +11,13 @@ from .backbones import (
     BUILTIN_BACKBONES,
     Provenance,
     add_backbone,
+    add_demo_backbone,
     load_backbone,
     one_off_backbone,
     pretrain_and_add_backbone,
     resolve_backbone,
 )
+from .baselines import head_only_accuracy, head_only_for_request
 from .evaluation import evaluate_version
 from .inference import LoadedTasks, Prediction, deployed_refs, load_image_files, load_versions, predict
 from .together import Options, RunReport, Variant, check_cache_gb, sweep, sweep_variants, train_together
@@ -31,9 +33,12 @@ __all__ = [
     "TrainRequest",
     "Variant",
     "add_backbone",
+    "add_demo_backbone",
     "check_cache_gb",
     "deployed_refs",
     "evaluate_version",
+    "head_only_accuracy",
+    "head_only_for_request",
     "load_backbone",
     "load_image_files",
     "load_task_data",
