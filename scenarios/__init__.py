@@ -9,7 +9,8 @@ Avalanche's LearningToPrompt on our backbone), `plugins` (the shared learning-ra
 parameter counter), `metrics` (defined in `metrics.md`), `runner` (train/evaluate one strategy),
 `report` and `results` (tables, plots, docs/results.md), `costs` and `paper_tables` (each regime's
 measured parameters and FLOPs; the paper's Tables 4 and 5). The `cmem scenario` commands that drive
-them are in `continual_mem.cli.scenario`.
+them are in `continual_mem.cli.scenario` (the group, `run`, `runs`) and `continual_mem.cli.scenario_compare`
+(`compare`, `results`).
 
 Importing this package imports neither torch, timm nor Avalanche. It installs `quiet_avalanche`'s
 warning filters, so they are in place before any module here imports `avalanche.training`.

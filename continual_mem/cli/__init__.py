@@ -2,7 +2,8 @@
 
 This package is the composition root: one module per noun (`db`, `backbone`, `task`, `deploy`,
 `exchange`, `predict`, `serve`, `demo`, `scenario`), each defining its commands and groups, registered on
-the root group (`root`) here. Every command prints through `output.emit`. Modules import click
+the root group (`root`) here; `scenario` keeps `compare` and `results` in `scenario_compare` and
+shares its options (`scenario_options`) and setup (`scenario_setup`) with them. Every command prints through `output.emit`. Modules import click
 and nothing heavy: torch, timm and Avalanche are imported inside the commands that need them
 (through `continual_mem.services` or `scenarios`), the store (SQLAlchemy) inside the commands
 that open it, so `cmem --help` and store-only commands start fast.

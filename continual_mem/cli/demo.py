@@ -15,7 +15,7 @@ from .backbone import pretrain_backbone_with_progress, pretrain_config
 from .options import at_least_one
 from .output import Table, metric
 from .root import App, pass_app
-from .scenario import THREADS_OPTION
+from .scenario_options import THREADS_OPTION
 from .task import train_with_progress
 
 if TYPE_CHECKING:
