@@ -67,8 +67,8 @@ class Selection:
 
     @property
     def chosen(self) -> Rates:
-        best = max(c.validation_accuracy for c in self.candidates)
-        return next(c.rates for c in self.candidates if c.validation_accuracy == best)
+        # max keeps the first of equals: a tie goes to the earlier rate of the grid
+        return max(self.candidates, key=lambda c: c.validation_accuracy).rates
 
     def to_dict(self) -> dict[str, Any]:
         return {
