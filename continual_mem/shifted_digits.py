@@ -28,8 +28,12 @@ TEST_DIGITS = 50
 TRAIN_DRAWS = 3
 TEST_DRAWS = 5
 PARTS = ("train", "test")
-NOISE = 0.05
-AMPLITUDE = 0.1
+#: Style strength. At amplitude 0.1 and noise 0.05, per-task full fine-tuning of the demo backbone
+#: reached 88.0-89.2% (task protocol, seed 0, rates 1e-4 and 3e-4): below the 90% a benchmark needs
+#: to tell methods apart. At 0.06 and 0.03 (measured, seed 0): full fine-tuning 95.1, head-only 82.3
+#: (12.8 below: the shift is still real), memory-5 85.8.
+NOISE = 0.03
+AMPLITUDE = 0.06
 #: Fraction of the images drawn dark on light.
 INVERTED = 0.5
 

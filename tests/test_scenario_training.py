@@ -176,4 +176,4 @@ def test_results_header_reports_the_chosen_rates(tmp_path) -> None:
     )
     assert "| split-digits | full-ft | **3e-05 -> 60.0**; 1e-04 -> 50.0; 3e-04 -> 40.0 | 3e-05 |" in header
     assert "| `cmem scenario results --seeds 0,1,2` | 43 min (idle) | 10.0 min (this run) |" in header
-    assert "| `cmem scenario compare split-digits` | 878 s (idle) |" in header
+    assert "| `cmem scenario compare split-digits` | 878 s (idle, 30 runs) |" in header
