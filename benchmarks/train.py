@@ -2,7 +2,9 @@
 
 CPU timings with random weights (timing does not depend on them), on `--images` random images:
   * `together8_over_1`: an epoch training 8 reuse-mode variants together (one backbone pass per
-    step, `exact=True`: each task's attention its own kernel call) over an epoch training one;
+    step, `exact=True`: each task's attention its own kernel call; `stacked_rows`: whether the
+    norms, projections and MLP ran once over all 8 tasks' rows, which the model does where a probe
+    finds it rounds each row as alone) over an epoch training one;
   * `together8_over_separate8`: the same over 8 separate single-variant epochs (8 x the
     one-variant epoch, which every separate run costs alike);
   * `cached_epoch_over_uncached`: the second epoch of a run with the feature cache (served from
@@ -27,6 +29,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from continual_mem import attention
 from continual_mem.adapter import BackboneIdentity
 from continual_mem.feature_cache import FeatureCache
 from continual_mem.model import MemoryViT
@@ -130,6 +133,9 @@ def run(cfg: dict) -> dict:
         "batch": cfg["batch"],
         "threads": torch.get_num_threads(),
         "exact": True,
+        "stacked_rows": attention.rows_stack_exactly(
+            attention.linear_shapes(setup.vit.blocks[0]), cfg["batch"], len(VARIANTS), "cpu", torch.get_num_threads()
+        ),
         "epoch_1_variant_s": round(one[0], 3),
         "epoch_8_together_s": round(eight[0], 3),
         "epoch_cached_s": round(cached_times[1], 3),

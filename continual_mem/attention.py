@@ -11,6 +11,8 @@ reproduces the frozen model bit for bit.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Attention, Block
@@ -163,16 +165,19 @@ def own_task_block_forward(
     memory: list[tuple[Tensor, Tensor]],
     sees: list[list[int]],
     visible: Tensor | None = None,
+    stack: bool = False,
 ) -> list[Tensor]:
     """One block for the class tokens of tasks trained side by side over the shared backbone K/V.
 
     `memory[t]`: task t's memory keys/values (H, m_t, Dh) in this block; `sees[t]`: the tasks whose
     token and memory task t attends to (itself, and with model extension the tasks it extends).
-    Exact (`visible` None): `tokens` holds one (B, 1, D) tensor per task and every operation runs
-    per task with the shapes it has alone, so a task's numbers do not depend on which tasks share
-    the pass (a GEMM over B*T rows does not round like one over B rows when B is small, so even
-    the row-wise norms, projections and MLP are not batched here). Batched (`visible` (T, T + M)):
-    one (B, T, D) tensor and one call for every operation (rounding moves by about 1e-7).
+    Exact (`visible` None): `tokens` holds one (B, 1, D) tensor per task and a task's numbers do not
+    depend on which tasks share the pass. Each task's attention is its own call at the shapes it
+    has alone. The row-wise operations (norms, projections, MLP) run per task too, unless `stack`:
+    then once over every task's rows, which only the caller may ask for where
+    `rows_stack_exactly` found that these GEMMs round each row as they do alone.
+    Batched (`visible` (T, T + M)): one (B, T, D) tensor and one call for every operation
+    (rounding moves by about 1e-7).
     """
     batch = bb_k.shape[0]
     if visible is not None:
@@ -183,12 +188,69 @@ def own_task_block_forward(
         own_v = torch.cat([v, *(mv.expand(batch, -1, -1, -1) for _, mv in memory)], dim=2)
         out = own_task_attention(block.attn, q, bb_k, bb_v, own_k, own_v, visible)
         return [residual_and_mlp(block, z, project(block.attn, out, h))]
+    if stack:
+        z = torch.cat(tokens)
+        h = block.norm1(z)
+        qkv = list(zip(*(t.split(batch) for t in split_qkv(block.attn, h))))
+        out = torch.cat(
+            [_one_task_attention(block.attn, qkv, memory, t, seen, bb_k, bb_v) for t, seen in enumerate(sees)]
+        )
+        return list(residual_and_mlp(block, z, project(block.attn, out, h)).split(batch))
     normed = [block.norm1(z) for z in tokens]
     qkv = [split_qkv(block.attn, h) for h in normed]
-    outs = []
-    for t, seen in enumerate(sees):
-        own_k = torch.cat([*(qkv[j][1] for j in seen), *(memory[j][0].expand(batch, -1, -1, -1) for j in seen)], dim=2)
-        own_v = torch.cat([*(qkv[j][2] for j in seen), *(memory[j][1].expand(batch, -1, -1, -1) for j in seen)], dim=2)
-        out = own_task_attention(block.attn, qkv[t][0], bb_k, bb_v, own_k, own_v)
-        outs.append(residual_and_mlp(block, tokens[t], project(block.attn, out, normed[t])))
-    return outs
+    return [
+        residual_and_mlp(
+            block,
+            tokens[t],
+            project(block.attn, _one_task_attention(block.attn, qkv, memory, t, seen, bb_k, bb_v), normed[t]),
+        )
+        for t, seen in enumerate(sees)
+    ]
+
+
+def _one_task_attention(
+    attn: Attention,
+    qkv: list[tuple[Tensor, Tensor, Tensor]],
+    memory: list[tuple[Tensor, Tensor]],
+    t: int,
+    seen: list[int],
+    bb_k: Tensor,
+    bb_v: Tensor,
+) -> Tensor:
+    """Task t's queries over the backbone keys, the task tokens it sees and their memory."""
+    batch = bb_k.shape[0]
+    own_k = torch.cat([*(qkv[j][1] for j in seen), *(memory[j][0].expand(batch, -1, -1, -1) for j in seen)], dim=2)
+    own_v = torch.cat([*(qkv[j][2] for j in seen), *(memory[j][1].expand(batch, -1, -1, -1) for j in seen)], dim=2)
+    return own_task_attention(attn, qkv[t][0], bb_k, bb_v, own_k, own_v)
+
+
+@functools.cache
+def rows_stack_exactly(shapes: tuple[tuple[int, int], ...], rows: int, groups: int, device: str, threads: int) -> bool:
+    """Whether GEMMs with these weight `shapes` (out, in) give each of `groups` blocks of `rows`
+    rows bit for bit what they give that block alone, forward and backward (through the input).
+
+    True for most shapes, not all: a BLAS picks its kernels and splits the rows among threads by
+    the number of rows (measured on this project's 2-core CPUs with 2 threads: 2, 3, 5, 7 or 9-11
+    rows alone round unlike the same rows among 8x as many, 8 or 12-256 alike; 1 row goes through a
+    GEMV), and a GPU library picks algorithms by
+    shape. The kernels depend on the shapes, the device and the threads, not on the values, so one
+    probe on random numbers per combination answers it (cached).
+    """
+    generator = torch.Generator().manual_seed(0)
+    for out_features, in_features in shapes:
+        w, b = (
+            torch.randn(*size, generator=generator).to(device)
+            for size in ((out_features, in_features), (out_features,))
+        )
+        x = torch.randn(groups * rows, in_features, generator=generator).to(device)
+        g = torch.randn(groups * rows, out_features, generator=generator).to(device)
+        forward = F.linear(x, w, b), torch.cat([F.linear(part, w, b) for part in x.split(rows)])
+        backward = g @ w, torch.cat([part @ w for part in g.split(rows)])
+        if not (torch.equal(*forward) and torch.equal(*backward)):
+            return False
+    return True
+
+
+def linear_shapes(block: Block) -> tuple[tuple[int, int], ...]:
+    """(out, in) of every GEMM a block runs on its tokens' rows."""
+    return tuple(tuple(m.weight.shape) for m in block.modules() if isinstance(m, torch.nn.Linear))  # type: ignore[misc]

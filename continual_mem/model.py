@@ -378,8 +378,10 @@ class MemoryViT(nn.Module):
     def reuse_outputs(self, backbone: BackbonePass, tasks: Sequence[str], exact: bool = True) -> dict[str, Tensor]:
         """Logits of reuse-mode `tasks` over one backbone pass, with autograd through the task tokens only.
 
-        The training path. `exact=True`: each task's attention is its own kernel call, so a task's
-        logits (and gradients) are bit for bit those of running it alone on the same pass;
+        The training path. `exact=True`: each task's attention is its own kernel call and the
+        norms, projections and MLP run over all tasks' rows at once only where that rounds every
+        row as alone (`attention.rows_stack_exactly`), so a task's logits (and gradients) are bit
+        for bit those of running it alone on the same pass;
         `exact=False`: one batched call for all tasks (faster, rounding moves by about 1e-7).
         """
         requested = self._reuse_tasks(tasks)
@@ -391,12 +393,23 @@ class MemoryViT(nn.Module):
         memory = [self._kv.get(n, self) for n in served]
         sees = [[j for j, m in enumerate(served) if m == n or m in self.tasks[n].config.extends] for n in served]
         visible = None if exact else self._visibility(served, 0, cls[0].device)
+        stack = exact and self._rows_stack_exactly(batch, len(served), cls[0].device)
         for i, blk in enumerate(bb.blocks):
             bb_k, bb_v = backbone.keys_values[i]
-            tokens = attention.own_task_block_forward(blk, tokens, bb_k, bb_v, [kv[i] for kv in memory], sees, visible)
+            tokens = attention.own_task_block_forward(
+                blk, tokens, bb_k, bb_v, [kv[i] for kv in memory], sees, visible, stack
+            )
         feats = [bb.head_drop(bb.fc_norm(bb.norm(z))) for z in tokens]
         rows = [(t, 0) for t in range(len(served))] if exact else [(0, t) for t in range(len(served))]
         return {n: self.tasks[n].head(feats[f][:, r]) for n, (f, r) in zip(served, rows) if n in requested}
+
+    def _rows_stack_exactly(self, batch: int, tasks: int, device: torch.device) -> bool:
+        """Whether the exact path may run the tasks' row-wise work as one GEMM per layer (see
+        `attention.rows_stack_exactly`); never under autocast, whose GEMMs the probe does not run."""
+        if tasks < 2 or torch.is_autocast_enabled(device.type):
+            return False
+        shapes = attention.linear_shapes(self.backbone.blocks[0])
+        return attention.rows_stack_exactly(shapes, batch, tasks, str(device), torch.get_num_threads())
 
     def _reuse_tasks(self, tasks: Iterable[str] | None) -> list[str]:
         if tasks is None:

@@ -5,8 +5,10 @@ keys/values and to its own memory only. K adapters trained on the same images ca
 share one `BackbonePass` per step; the step backpropagates the sum of their losses, which gives
 each adapter exactly its own gradient, and each adapter keeps its own optimizer state, gradient
 clipping, learning-rate schedule and early stopping. With `exact=True` every task's attention is
-its own kernel call, so training K together gives bit for bit the adapters of training each
-alone with the same seed and data order (`fit_task` is the K = 1 case).
+its own kernel call and the row-wise layers run as one GEMM over all tasks' rows only where a
+probe finds it rounds each row as alone (else once per task), so training K together gives bit
+for bit the adapters of training each alone with the same seed and data order (`fit_task` is the
+K = 1 case).
 """
 
 from __future__ import annotations

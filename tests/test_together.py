@@ -20,6 +20,7 @@ from cli_harness import HIGH_DATA, LOW_DATA, TINY_ARGS, assert_refused, class_fo
 from conftest import tiny_vit
 from safetensors.torch import load_file
 
+from continual_mem import attention
 from continual_mem.data import digits
 from continual_mem.errors import ConfigError
 from continual_mem.feature_cache import FeatureCache, plan_cache
@@ -74,6 +75,32 @@ def test_together_equals_alone_bit_for_bit(one_thread, steps: int) -> None:
         assert not torch.equal(
             tensors(alone, variant[0])["memory"], tensors(model_with([variant]), variant[0])["memory"]
         )
+
+
+def test_stacked_rows_equal_per_task_rows_bit_for_bit(one_thread) -> None:
+    """The exact path runs every task's rows through one GEMM per layer where the probe finds the
+    GEMMs round rows alike: outputs and gradients equal one GEMM per task, bit for bit (extension
+    included); the together-vs-alone test above takes that path (the probe says so at its shapes)."""
+    model = model_with(VARIANTS)
+    block = model.backbone.blocks[0]
+    shapes = attention.linear_shapes(block)
+    assert attention.rows_stack_exactly(shapes, 8, len(VARIANTS), "cpu", 1)  # batch 8 of the test above
+    assert not attention.rows_stack_exactly(shapes, 1, 2, "cpu", 1)  # one row: a GEMV rounds unlike a GEMM
+    generator = torch.Generator().manual_seed(3)
+    dim = model.backbone.embed_dim
+    bb_k, bb_v = model.backbone_pass(torch.randn(16, 3, 32, 32, generator=generator)).keys_values[0]
+    memory = [attention.memory_kv(block, torch.randn(m, dim, generator=generator)) for m in (1, 4, 2)]
+    start = [torch.randn(16, 1, dim, generator=generator) for _ in memory]
+    weights = [torch.randn(16, 1, dim, generator=generator) for _ in memory]
+    assert attention.rows_stack_exactly(shapes, 16, len(memory), "cpu", 1)
+    for sees in ([[0], [1], [2]], [[0], [1], [0, 1, 2]]):
+        found = []
+        for stack in (True, False):
+            tokens = [t.clone().requires_grad_(True) for t in start]
+            outs = attention.own_task_block_forward(block, tokens, bb_k, bb_v, memory, sees, stack=stack)
+            sum((o * w).sum() for o, w in zip(outs, weights)).backward()
+            found.append([o.detach() for o in outs] + [t.grad for t in tokens])
+        assert all(torch.equal(a, b) for a, b in zip(*found))
 
 
 def test_training_path_matches_the_serving_pass_with_extension(one_thread) -> None:
