@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from . import attention
@@ -65,6 +65,8 @@ class BackbonePass:
     """
 
     keys_values: list[tuple[Tensor, Tensor]]
+    #: The frozen model's pooled features (B, D), when the pass was asked for them.
+    features: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -253,7 +255,7 @@ class MemoryViT(nn.Module):
             cls_token = cls_token + bb.pos_embed[:, :1]
         return bb.pos_drop(cls_token)
 
-    def _embed(self, images: Tensor, cls_tokens: Tensor | None = None) -> Tensor:
+    def embed(self, images: Tensor, cls_tokens: Tensor | None = None) -> Tensor:
         """Backbone tokens entering block 0, exactly as timm; optionally with per-sample class tokens."""
         bb = self.backbone
         x = bb._pos_embed(bb.patch_embed(images))
@@ -261,11 +263,16 @@ class MemoryViT(nn.Module):
             x = torch.cat([self._positioned_cls(cls_tokens), x[:, 1:]], dim=1)
         return bb.norm_pre(bb.patch_drop(x))
 
+    def memory_keys_values(self, name: str) -> list[tuple[Tensor, Tensor]]:
+        """Task `name`'s memory keys/values per block, each (H, m, Dh): cached while the memory does
+        not change, part of the graph while it trains."""
+        return self._kv.get(name, self)
+
     def _compute_memory_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
         return [attention.memory_kv(blk, memory[i]) for i, blk in enumerate(self.backbone.blocks)]
 
-    def _task_logits(self, name: str, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Final norm, fc_norm and the task's head on its class token(s) (B, D)."""
+    def task_logits(self, name: str, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Final norm, fc_norm and the task's head on its class token(s) (B, D): (logits, features)."""
         bb = self.backbone
         feats = bb.head_drop(bb.fc_norm(bb.norm(tokens)))
         return self.tasks[name].head(feats), feats
@@ -281,17 +288,17 @@ class MemoryViT(nn.Module):
         adapters = [self._checked(n, "full") for n in names]
         cls = torch.cat([a.cls_token for a in adapters])[index]  # (B, 1, D)
         mem_kv, mem_mask = self._gather_memory_kv(names, index)
-        x = self._embed(images, cls)
+        x = self.embed(images, cls)
         for blk, (k, v) in zip(self.backbone.blocks, mem_kv):
             x = attention.block_forward_with_memory(blk, x, k, v, mem_mask)
         cls_out = x[:, 0]
         if len(names) == 1:
-            return self._task_logits(names[0], cls_out)[0]
+            return self.task_logits(names[0], cls_out)[0]
         width = max(a.config.num_classes for a in adapters)
         out = cls_out.new_full((images.shape[0], width), float("-inf"))
         for t, name in enumerate(names):
             rows = (index == t).nonzero(as_tuple=True)[0]
-            logits = self._task_logits(name, cls_out[rows])[0]
+            logits = self.task_logits(name, cls_out[rows])[0]
             out[rows, : logits.shape[1]] = logits
         return out
 
@@ -310,7 +317,7 @@ class MemoryViT(nn.Module):
         """Per-sample memory K/V for each block, (B, H, m_max, Dh), padded when sizes differ."""
         sizes = [self.tasks[n].num_memory for n in names]
         width = max(sizes)
-        per_task = [self._kv.get(n, self) for n in names]
+        per_task = [self.memory_keys_values(n) for n in names]
         mask = None
         if min(sizes) != width:
             real = torch.arange(width, device=index.device)[None, :] < torch.tensor(sizes, device=index.device)[:, None]
@@ -335,7 +342,7 @@ class MemoryViT(nn.Module):
         served = self._with_extended(requested)
         bb = self.backbone
         with torch.no_grad():
-            x = self._embed(images)
+            x = self.embed(images)
         state = self._task_state(served, x.shape[0], x.shape[1]) if served else None
         last = len(bb.blocks) - 1
         for i, blk in enumerate(bb.blocks):
@@ -345,8 +352,7 @@ class MemoryViT(nn.Module):
                 else:
                     x, bb_k, bb_v = attention.block_forward(blk, x)
             if state is not None:
-                mem_k, mem_v = state.memory_kv[i]
-                state.tokens = attention.task_block_forward(blk, state.tokens, bb_k, bb_v, mem_k, mem_v, state.visible)
+                state.tokens = self._task_tokens_through(blk, state, i, bb_k, bb_v)
         features = backbone_logits = None
         if backbone_outputs:
             with torch.no_grad():
@@ -356,24 +362,48 @@ class MemoryViT(nn.Module):
         task_features: dict[str, Tensor] = {}
         for t, name in enumerate(served):
             if name in requested:
-                logits[name], task_features[name] = self._task_logits(name, state.tokens[:, t])  # type: ignore[union-attr]
+                logits[name], task_features[name] = self.task_logits(name, state.tokens[:, t])  # type: ignore[union-attr]
         return ReuseOutput(logits, task_features, backbone_logits, features)
 
     @torch.no_grad()
-    def backbone_pass(self, images: Tensor) -> BackbonePass:
-        """The backbone tokens through every block, keeping each block's keys/values, contiguous (last block: only those)."""
-        x = self._embed(images)
+    def backbone_pass(self, images: Tensor, features: bool = False) -> BackbonePass:
+        """The backbone tokens through every block, keeping each block's keys/values, contiguous.
+
+        The last block's attention output and MLP are skipped (the task tokens need only its
+        keys/values) unless `features`: then they run, and so do the final norm and pooling, for
+        the frozen model's features (which the class protocol's task router reads), as
+        `forward_reuse` computes them.
+        """
+        x = self.embed(images)
         keys_values = []
         last = self.depth - 1
         for i, blk in enumerate(self.backbone.blocks):
-            if i == last:
+            if i == last and not features:
                 k, v = attention.block_keys_values(blk, x)
             else:
                 x, k, v = attention.block_forward(blk, x)
             # one contiguous copy each, shared by every task: a strided view would be copied by
             # each task's products in the forward and again in the backward
             keys_values.append((k.contiguous(), v.contiguous()))
-        return BackbonePass(keys_values)
+        pooled = self.backbone.forward_head(self.backbone.norm(x), pre_logits=True) if features else None
+        return BackbonePass(keys_values, pooled)
+
+    def reuse_logits(self, backbone: BackbonePass, tasks: Iterable[str] | None = None) -> dict[str, Tensor]:
+        """`forward_reuse`'s logits of reuse-mode `tasks` over a kept backbone pass (a cache's):
+        the same operations on the same numbers, so bit for bit its logits."""
+        requested = self._reuse_tasks(tasks)
+        served = self._with_extended(requested)
+        batch, _, tokens, _ = backbone.keys_values[0][0].shape
+        state = self._task_state(served, batch, tokens)
+        for i, blk in enumerate(self.backbone.blocks):
+            state.tokens = self._task_tokens_through(blk, state, i, *backbone.keys_values[i])
+        return {n: self.task_logits(n, state.tokens[:, t])[0] for t, n in enumerate(served) if n in requested}
+
+    @staticmethod
+    def _task_tokens_through(blk: Block, state: _TaskState, i: int, bb_k: Tensor, bb_v: Tensor) -> Tensor:
+        """The task tokens through block i over the backbone's keys/values there (serving math)."""
+        mem_k, mem_v = state.memory_kv[i]
+        return attention.task_block_forward(blk, state.tokens, bb_k, bb_v, mem_k, mem_v, state.visible)
 
     def reuse_outputs(self, backbone: BackbonePass, tasks: Sequence[str], exact: bool = True) -> dict[str, Tensor]:
         """Logits of reuse-mode `tasks` over one backbone pass, with autograd through the task tokens only.
@@ -390,7 +420,7 @@ class MemoryViT(nn.Module):
         batch = backbone.batch_size
         cls = [bb.norm_pre(self._positioned_cls(self.tasks[n].cls_token)) for n in served]  # each (1, 1, D)
         tokens = [c.expand(batch, -1, -1) for c in cls] if exact else [torch.cat(cls, dim=1).expand(batch, -1, -1)]
-        memory = [self._kv.get(n, self) for n in served]
+        memory = [self.memory_keys_values(n) for n in served]
         sees = [[j for j, m in enumerate(served) if m == n or m in self.tasks[n].config.extends] for n in served]
         visible = None if exact else self._visibility(served, 0, cls[0].device)
         stack = exact and self._rows_stack_exactly(batch, len(served), cls[0].device)
@@ -430,7 +460,7 @@ class MemoryViT(nn.Module):
         """Task tokens entering block 0 (B, T, D), what each task sees, per-block memory K/V."""
         cls = torch.cat([self.tasks[n].cls_token for n in names], dim=1)  # (1, T, D)
         tokens = self.backbone.norm_pre(self._positioned_cls(cls)).expand(batch, -1, -1)
-        per_task = [self._kv.get(n, self) for n in names]
+        per_task = [self.memory_keys_values(n) for n in names]
         memory_kv = [
             (
                 torch.cat([kv[i][0] for kv in per_task], dim=1),

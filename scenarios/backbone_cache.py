@@ -4,8 +4,9 @@ A reuse-mode task (memory-M, head-only, head + class) never changes the backbone
 token only reads, in each block, the keys and values the frozen backbone computed for the image. So
 every epoch, experience and strategy of a process that sees the same image needs the same numbers.
 `BackboneCache` keeps them per image (each block's backbone keys and values, and the pooled
-features the class protocol's router reads), keyed by a hash of the exact model input and of the
-backbone's weights; `task_logits` runs only the task tokens over them.
+features the class protocol's router reads: `MemoryViT.backbone_pass(images, features=True)`),
+keyed by a hash of the exact model input and of the backbone's weights; `MemoryViT.reuse_logits`
+runs only the task tokens over them, with `forward_reuse`'s own operations.
 
 The key is the image as the model gets it, so a cached answer is never stale; a random data
 augmentation would only miss every time, so runs with one do not use the cache
@@ -17,55 +18,15 @@ exactly as an uncached pass would; results with and without the cache are bit-eq
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from continual_mem import attention
-from continual_mem.model import MemoryViT
+from continual_mem.model import BackbonePass, MemoryViT
 
 #: Memory the cache may hold per process (split-digits with the demo backbone needs ~0.7 GiB).
 DEFAULT_BYTES = 2 * 1024**3
-
-
-@dataclass
-class BackboneOutputs:
-    """What the task tokens need from the frozen backbone for a batch.
-
-    `kv[i]`: block i's keys and values of the backbone tokens, each (B, H, N, Dh); `features`: the
-    frozen model's pooled features (B, D).
-    """
-
-    kv: list[tuple[Tensor, Tensor]]
-    features: Tensor
-
-
-def backbone_outputs(vit: MemoryViT, images: Tensor) -> BackboneOutputs:
-    """The frozen backbone's pass, op for op as `MemoryViT.forward_reuse` runs it."""
-    bb = vit.backbone
-    with torch.no_grad():
-        x = vit._embed(images)
-        kv = []
-        for blk in bb.blocks:
-            x, k, v = attention.block_forward(blk, x)
-            kv.append((k, v))
-        features = bb.forward_head(bb.norm(x), pre_logits=True)
-    return BackboneOutputs(kv, features)
-
-
-def task_logits(vit: MemoryViT, outputs: BackboneOutputs, tasks: list[str]) -> dict[str, Tensor]:
-    """Each requested reuse task's logits over the backbone's keys/values (as `forward_reuse`)."""
-    requested = vit._reuse_tasks(tasks)
-    served = vit._with_extended(requested)
-    k0 = outputs.kv[0][0]
-    state = vit._task_state(served, k0.shape[0], k0.shape[2])
-    for i, blk in enumerate(vit.backbone.blocks):
-        mem_k, mem_v = state.memory_kv[i]
-        bb_k, bb_v = outputs.kv[i]
-        state.tokens = attention.task_block_forward(blk, state.tokens, bb_k, bb_v, mem_k, mem_v, state.visible)
-    return {n: vit._task_logits(n, state.tokens[:, t])[0] for t, n in enumerate(served) if n in requested}
 
 
 def deterministic_input(dataset: Any) -> bool:
@@ -81,7 +42,7 @@ def reuse_pass(
         out = vit.forward_reuse(images, tasks)
         return out.logits, out.features  # type: ignore[return-value]
     outputs = cache.outputs(vit, images)
-    return task_logits(vit, outputs, tasks), outputs.features
+    return vit.reuse_logits(outputs, tasks), outputs.features  # type: ignore[return-value]
 
 
 class BackboneCache:
@@ -111,7 +72,7 @@ class BackboneCache:
     def full(self) -> bool:
         return self.bytes >= self.max_bytes
 
-    def outputs(self, vit: MemoryViT, images: Tensor) -> BackboneOutputs:
+    def outputs(self, vit: MemoryViT, images: Tensor) -> BackbonePass:
         """The batch's backbone outputs: from the cache when every image is in it, else computed
         on the whole batch (and the new images kept while the budget allows)."""
         keys = self._keys(vit, images)
@@ -120,15 +81,15 @@ class BackboneCache:
             self.hits += len(keys)
             return _stacked(entries)  # type: ignore[arg-type]
         self.misses += len(keys)
-        out = backbone_outputs(vit, images)
+        out = vit.backbone_pass(images, features=True)
         for j, key in enumerate(keys):
             if key not in self._entries and not self.full:
                 self._store(key, out, j)
         return out
 
-    def _store(self, key: bytes, out: BackboneOutputs, j: int) -> None:
-        kv = torch.stack([torch.stack([k[j], v[j]]) for k, v in out.kv])  # (depth, 2, H, N, Dh)
-        features = out.features[j].clone()
+    def _store(self, key: bytes, out: BackbonePass, j: int) -> None:
+        kv = torch.stack([torch.stack([k[j], v[j]]) for k, v in out.keys_values])  # (depth, 2, H, N, Dh)
+        features = out.features[j].clone()  # type: ignore[index]
         self._entries[key] = (kv, features)
         self.bytes += kv.numel() * kv.element_size() + features.numel() * features.element_size()
 
@@ -150,7 +111,7 @@ class BackboneCache:
         return {"images": len(self), "bytes": self.bytes, "hits": self.hits, "misses": self.misses}
 
 
-def _stacked(entries: list[tuple[Tensor, Tensor]]) -> BackboneOutputs:
+def _stacked(entries: list[tuple[Tensor, Tensor]]) -> BackbonePass:
     kv = torch.stack([e[0] for e in entries])  # (B, depth, 2, H, N, Dh)
     features = torch.stack([e[1] for e in entries])
-    return BackboneOutputs([(kv[:, i, 0], kv[:, i, 1]) for i in range(kv.shape[1])], features)
+    return BackbonePass([(kv[:, i, 0], kv[:, i, 1]) for i in range(kv.shape[1])], features)

@@ -83,11 +83,11 @@ def forward_adapted(vit: MemoryViT, name: str, bottlenecks: TaskBottlenecks, ima
     `MemoryViT.forward_full`.
     """
     task = vit.adapter(name)
-    x = vit._embed(images, task.cls_token.expand(images.shape[0], -1, -1))
-    memory = vit._kv.get(name, vit) if task.num_memory > 0 else None
+    x = vit.embed(images, task.cls_token.expand(images.shape[0], -1, -1))
+    memory = vit.memory_keys_values(name) if task.num_memory > 0 else None
     for i, block in enumerate(vit.backbone.blocks):
         x = adapted_block(block, x, bottlenecks.attn[i], bottlenecks.mlp[i], memory[i] if memory else None)
-    return vit._task_logits(name, x[:, 0])[0]
+    return vit.task_logits(name, x[:, 0])[0]
 
 
 def frozen_features(vit: MemoryViT, images: Tensor) -> Tensor:
