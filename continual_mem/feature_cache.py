@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .model import BackbonePass, MemoryViT
+from .model import MemoryViT
+from .outputs import BackbonePass
 from .train import GIB, available_bytes
 
 #: Share of the free memory the cache may take when no budget is given.

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from continual_mem.model import BackbonePass, MemoryViT
+from continual_mem.model import MemoryViT
+from continual_mem.outputs import BackbonePass
 
 #: Memory the cache may hold per process (split-digits with the demo backbone needs ~0.7 GiB).
 DEFAULT_BYTES = 2 * 1024**3
