@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from .report import (
     table2_columns,
     write_report,
 )
+from .run_journal import JOURNAL, RunJournal
 from .runner import (
     QUICK_BUDGET,
     Budget,
@@ -40,7 +40,6 @@ from .runner import (
     RunResult,
     ScenarioKey,
     compare_specs,
-    run_requests,
 )
 from .strategies.finetuning import EWC_LAMBDA, LWF_ALPHA, LWF_TEMPERATURE, REPLAY_MEMORY
 from .strategy import DEFAULT_ROUTE, DEFAULT_SHRINKAGE
@@ -65,13 +64,19 @@ def generate_results(
     command: str = "cmem scenario results",
     budget: Budget | None = None,
     amp: bool = False,
+    fresh: bool = False,
+    say: Callable[[str], Any] = lambda text: None,
 ) -> str:
     """Run the whole plan (Table 2 cells over every seed, the rest on the first) and write the
     reports; returns the markdown of docs/results.md.
 
-    Table 2's regimes first choose their learning rates on validation splits of the training data
+    Table 2's and Table 4's regimes first choose their learning rates on validation splits of the training data
     (`scenarios.lr_selection`, not recorded in the store), alongside the runs that need no choice;
     then the chosen rates train and test the rest.
+
+    Every finished run is kept in the report folder's journal (`scenarios.run_journal`) at once,
+    and a later call with the same backbone and plan runs only what is not there yet, unless
+    `fresh`; `say` hears how many runs were found.
 
     `provenance`: the backbone's name, timm architecture, weights sha256 and source, recorded with
     every run and named in the document; `budget`: the default (or quick) one unless given.
@@ -92,22 +97,29 @@ def generate_results(
                 for s in (seeds if in_table2 else seeds[:1])
             ]
 
+    journal_path = report_dir / JOURNAL
+    if fresh:
+        journal_path.unlink(missing_ok=True)
+    journal = RunJournal(journal_path, provenance["weights_sha256"])
+
     def keep(request: RunRequest, result: RunResult) -> None:
         result.config.update(backbone=provenance, quick=quick)
         if record is not None and not request.scenario.validation:
             record(result)
 
-    start = time.perf_counter()
+    def run(batch: Sequence[RunRequest]) -> list[RunResult]:
+        return journal.run(batch, backbone, jobs, keep, progress)
+
+    if journal:
+        say(f"resuming: {len(journal)} run(s) kept in {journal_path} by an earlier invocation (--fresh to start over)")
     tuned = [i for i, r in enumerate(requests) if rate_label(r.spec.label) is not None]
     fixed = sorted(set(range(len(requests))) - set(tuned))
-    first = run_requests(
-        [*select, *(requests[i] for i in fixed)], backbone, jobs, torch.get_num_threads(), keep, progress
-    )
+    first = run([*select, *(requests[i] for i in fixed)])
     chosen = selections(select, first[: len(select)])
     for i in tuned:
         r = requests[i]
         requests[i] = replace(r, budget=chosen_budget(r.budget, r.scenario.name, r.spec.label, chosen))
-    second = run_requests([requests[i] for i in tuned], backbone, jobs, torch.get_num_threads(), keep, progress)
+    second = run([requests[i] for i in tuned])
     by_index = dict(zip(fixed, first[len(select) :])) | dict(zip(tuned, second))
     results = [by_index[i] for i in range(len(requests))]
     for name, protocols in RESULT_PLAN.items():
@@ -121,7 +133,8 @@ def generate_results(
         "quick": quick,
         "command": command,
         "machine": machine_text(device),
-        "elapsed_s": time.perf_counter() - start,
+        "elapsed_s": journal.elapsed_s,
+        "invocations": journal.earlier_invocations + 1,
         "generated_at": datetime.now(UTC).isoformat(),
         "results": [r.to_dict() for r in results],
         "lr_selection": [c.to_dict() for c in chosen],
@@ -137,7 +150,7 @@ MEASURED_TIMES: dict[str, tuple[str, str]] = {
     "cmem scenario compare split-digits": ("878 s (idle, 30 runs)", "1,269 s (idle, 34 runs)"),
 }
 LR_NOTE = (
-    "Each Table 2 regime trains once per candidate rate on a validation split of its scenario (80% of each "
+    "Each Table 2 regime, and Table 4's adapter-5 and memory-5+adapter-5, trains once per candidate rate on a validation split of its scenario (80% of each "
     "class's training images to train, 20% to score; the test data is never read), task protocol, first seed; "
     "the best validation average accuracy wins. Memory with full attention uses the rate chosen for the same "
     "size in reuse mode. Every run of those labels (both protocols, every seed) trains with the chosen rate; "
@@ -174,7 +187,14 @@ def render_results(report_dir: Path) -> str:
         run.get("machine") or machine_text("cpu"),  # kept since issue 15; older folders: this machine
         [Selection.from_dict(c) for c in run.get("lr_selection", [])],  # kept since issue 10
         costs=run.get("costs"),  # kept since issue 11
+        invocations=run.get("invocations", 1),
     )
+
+
+def _invocations_text(invocations: int) -> str:
+    if invocations == 1:
+        return ""
+    return f", summed over {invocations} invocations (stopped and resumed; each to its last kept run)"
 
 
 def machine_text(device: str) -> str:
@@ -368,9 +388,11 @@ def results_markdown(
     machine: str,
     chosen: Sequence[Selection] = (),
     costs: dict[str, Any] | None = None,
+    invocations: int = 1,
 ) -> str:
     """The document; `chosen`: the learning rates chosen on validation data; `costs`:
-    `scenarios.costs.measure_costs()`'s measurements, for Table 5."""
+    `scenarios.costs.measure_costs()`'s measurements, for Table 5; `invocations`: how many calls
+    of the command ran it (it resumes from its journal), their times summed in `elapsed_s`."""
     cells: dict[str, dict[str, list[float]]] = {}
     params: dict[str, dict[str, float]] = {}
     for name in RESULT_PLAN:
@@ -387,7 +409,8 @@ def results_markdown(
     out = [
         "# Results: memory tokens against continual-learning baselines",
         "",
-        f"Generated by `{command}` on {generated_at:%Y-%m-%d %H:%M} UTC in {elapsed_s / 60:.1f} min ({machine}).",
+        f"Generated by `{command}` on {generated_at:%Y-%m-%d %H:%M} UTC in {elapsed_s / 60:.1f} min"
+        f"{_invocations_text(invocations)} ({machine}).",
         "",
     ]
     if quick:

@@ -135,6 +135,11 @@ def compare_command(
 @click.option(
     "--render-only", is_flag=True, help="Rebuild the document from the runs kept in --report-dir; no training."
 )
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Run everything again: forget the finished runs kept in --report-dir (a stopped run resumes without it).",
+)
 @backbone_options
 @device_options
 @click.option("--progress/--no-progress", default=None)
@@ -148,6 +153,7 @@ def results_command(
     seeds: str,
     quick: bool,
     render_only: bool,
+    fresh: bool,
     backbone: BackboneChoice,
     devices: DeviceChoice,
     progress: bool | None,
@@ -159,9 +165,10 @@ def results_command(
     took 43 minutes on 2 idle cores before issue 10; shifted-digits has 3,600 training images, about
     3.4 times as many, not timed whole), measures each regime's parameters and FLOPs at ViT-B/32 and B/16
     (Table 5, about a minute), records the runs, writes per-scenario reports and the document, which
-    names the backbone and where its weights came from. Table 2's regimes first choose their
-    learning rates on a validation split of the training data (never the test data); the document
-    reports the chosen rates.
+    names the backbone and where its weights came from. Table 2's and Table 4's regimes first choose
+    their learning rates on a validation split of the training data (never the test data); the
+    document reports the chosen rates. Each finished run is kept in --report-dir at once: run the
+    same command again after stopping it and it goes on from there.
     """
     with clean_errors():
         from scenarios.results import generate_results, render_results
@@ -187,6 +194,8 @@ def results_command(
                 command=command + (" --quick" if quick else ""),
                 budget=run_budget(None, 0, quick, devices),
                 amp=devices.amp,
+                fresh=fresh,
+                say=lambda text: click.echo(text, err=True),
             )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(document)
