@@ -570,24 +570,22 @@ def test_full_compare_split_digits_on_the_demo_backbone(tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_results_command_quick(tmp_path) -> None:
-    out = CliRunner().invoke(
-        scenario_group,
-        [
-            "results",
-            "--quick",
-            "--backbone",
-            "random",
-            "--seeds",
-            "0",
-            "--out",
-            str(tmp_path / "results.md"),
-            "--report-dir",
-            str(tmp_path / "reports"),
-            "--no-progress",
-            "--jobs",
-            "1",
-        ],
-    )
+    args = [
+        "results",
+        "--quick",
+        "--backbone",
+        "random",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path / "results.md"),
+        "--report-dir",
+        str(tmp_path / "reports"),
+        "--no-progress",
+        "--jobs",
+        "1",
+    ]
+    out = CliRunner().invoke(scenario_group, args)
     assert out.exit_code == 0, out.output
     document = (tmp_path / "results.md").read_text()
     assert "Table 2 layout" in document
@@ -597,3 +595,8 @@ def test_results_command_quick(tmp_path) -> None:
         ["results", "--render-only", "--out", str(tmp_path / "again.md"), "--report-dir", str(tmp_path / "reports")],
     )
     assert again.exit_code == 0 and (tmp_path / "again.md").read_text() == document
+    runs = len((tmp_path / "reports" / "runs.jsonl").read_text().splitlines())
+    resumed = CliRunner().invoke(scenario_group, args)  # every run is kept: nothing trains again
+    assert resumed.exit_code == 0 and f"resuming: {runs} run(s) kept" in resumed.output
+    assert len((tmp_path / "reports" / "runs.jsonl").read_text().splitlines()) == runs
+    assert "summed over 2 invocations" in (tmp_path / "results.md").read_text()
