@@ -258,23 +258,10 @@ def _first_seed(results: Sequence[RunResult], seed: int) -> list[RunResult]:
 
 
 def checks(results: Sequence[RunResult]) -> list[str]:
-    """The issue's claims, each with the measured numbers and whether it holds."""
+    """The issue's claims on every data set, each with the measured numbers and whether it holds."""
     lines = []
-
-    def acc(label: str, protocol: str = "task") -> float | None:
-        return _mean_accuracy(results, "split-digits", protocol, label)
-
-    head, full = acc("head-only"), acc("full-ft")
-    for label, how in (("memory-full-5", "full attention"), ("memory-5", "reuse, one pass")):
-        m5 = acc(label)
-        if None not in (m5, head, full):
-            gap, behind = 100 * (m5 - head), 100 * (full - m5)
-            lines.append(
-                f"- split-digits, task-incremental, memory-5 ({how}): {pct(m5)}% vs head-only {pct(head)}% "
-                f"({gap:+.1f} points; claim >= +2: **{'holds' if gap >= 2 else 'does not hold'}**) and vs per-task "
-                f"full fine-tuning {pct(full)}% ({behind:.1f} points behind; claim <= 3: "
-                f"**{'holds' if behind <= 3 else 'does not hold'}**)."
-            )
+    for scenario in RESULT_PLAN:
+        lines += _memory_claims(results, scenario)
     memory_runs = [r for r in results if r.protocol == "task" and r.strategy.startswith(("memory", "head", "adapter"))]
     if memory_runs:
         worst = max(abs(r.metrics["forgetting"]) for r in memory_runs)
@@ -282,14 +269,15 @@ def checks(results: Sequence[RunResult]) -> list[str]:
             f"- Forgetting of every memory / head / adapter run, task-incremental ({len(memory_runs)} runs): max |F| = "
             f"{worst!r} (**{'exactly 0' if worst == 0.0 else 'not 0'}**)."
         )
-    for protocol in ("task", "class"):
-        naive = _runs(results, "split-digits", protocol, "naive")
-        if naive:
-            f = naive[0].metrics["forgetting"]
-            lines.append(
-                f"- Naive fine-tuning forgets, split-digits {protocol}-incremental: F = {pct(f)}% "
-                f"(**{'holds' if f > 0 else 'does not hold'}**)."
-            )
+    for scenario in RESULT_PLAN:
+        for protocol in ("task", "class"):
+            naive = _runs(results, scenario, protocol, "naive")
+            if naive:
+                f = naive[0].metrics["forgetting"]
+                lines.append(
+                    f"- Naive fine-tuning forgets, {scenario} {protocol}-incremental: F = {pct(f)}% "
+                    f"(**{'holds' if f > 0 else 'does not hold'}**)."
+                )
     for scenario in RESULT_PLAN:
         m5c, l2p = (
             _mean_accuracy(results, scenario, "class", "memory-5"),
@@ -299,6 +287,23 @@ def checks(results: Sequence[RunResult]) -> list[str]:
             lines.append(
                 f"- {scenario}, class-incremental: memory-5 {pct(m5c)}% vs L2P {pct(l2p)}% on the same backbone "
                 f"(**{'beats L2P' if m5c > l2p else 'does not beat L2P'}**)."
+            )
+    return lines
+
+
+def _memory_claims(results: Sequence[RunResult], scenario: str) -> list[str]:
+    """memory-5 (both attention modes) >= head-only + 2 points and within 3 of full fine-tuning, task protocol."""
+    lines = []
+    head, full = (_mean_accuracy(results, scenario, "task", label) for label in ("head-only", "full-ft"))
+    for label, how in (("memory-full-5", "full attention"), ("memory-5", "reuse, one pass")):
+        m5 = _mean_accuracy(results, scenario, "task", label)
+        if None not in (m5, head, full):
+            gap, behind = 100 * (m5 - head), 100 * (full - m5)
+            lines.append(
+                f"- {scenario}, task-incremental, memory-5 ({how}): {pct(m5)}% vs head-only {pct(head)}% "
+                f"({gap:+.1f} points; claim >= +2: **{'holds' if gap >= 2 else 'does not hold'}**) and vs per-task "
+                f"full fine-tuning {pct(full)}% ({behind:.1f} points behind; claim <= 3: "
+                f"**{'holds' if behind <= 3 else 'does not hold'}**)."
             )
     return lines
 

@@ -386,7 +386,9 @@ def test_strategy_names_and_protocols() -> None:
 
 
 # ------------------------------------------------------------------------------------ report, CLI
-def _fake_result(strategy: str, protocol: str, accuracy: float, seed: int = 0) -> RunResult:
+def _fake_result(
+    strategy: str, protocol: str, accuracy: float, seed: int = 0, scenario: str = "split-digits"
+) -> RunResult:
     metrics = {
         "average_accuracy": accuracy,
         "forgetting": 0.0,
@@ -401,7 +403,7 @@ def _fake_result(strategy: str, protocol: str, accuracy: float, seed: int = 0) -
         "train_time_s": 1.0,
         "eval_time_s": 1.0,
     }
-    return RunResult("split-digits", strategy, protocol, [[accuracy]], metrics, {"budget": {"seed": seed}}, 2.0)
+    return RunResult(scenario, strategy, protocol, [[accuracy]], metrics, {"budget": {"seed": seed}}, 2.0)
 
 
 def test_results_document_layout(tmp_path) -> None:
@@ -410,6 +412,8 @@ def test_results_document_layout(tmp_path) -> None:
     accuracies = (("memory-5", 0.9), ("memory-full-5", 0.93), ("head-only", 0.8), ("full-ft", 0.95))
     results = [_fake_result(c, "task", a, s) for c, a in accuracies for s in (0, 1)]
     results += [_fake_result("memory-5", "class", 0.7), _fake_result("l2p", "class", 0.5)]
+    shifted = (("memory-5", 0.85), ("memory-full-5", 0.9), ("head-only", 0.84), ("full-ft", 0.95))
+    results += [_fake_result(c, "task", a, s, "shifted-digits") for c, a in shifted for s in (0, 1)]
     facts = {
         "architecture": "vit",
         "config": {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 192, "num_heads": 3},
@@ -440,6 +444,11 @@ def test_results_document_layout(tmp_path) -> None:
         "memory-5 (reuse, one pass): 90.0% vs head-only 80.0% (+10.0 points; claim >= +2: **holds**) and vs "
         "per-task full fine-tuning 95.0% (5.0 points behind; claim <= 3: **does not hold**)"
     ) in doc
+    assert (
+        "shifted-digits, task-incremental, memory-5 (reuse, one pass): 85.0% vs head-only 84.0% (+1.0 points; "
+        "claim >= +2: **does not hold**) and vs per-task full fine-tuning 95.0% (10.0 points behind"
+    ) in doc
+    assert "shifted-digits, task-incremental, memory-5 (full attention): 90.0% vs head-only 84.0% (+6.0" in doc
     assert "**beats L2P**" in doc and "builtin:shapes" in doc
 
 
