@@ -114,7 +114,10 @@ def test_results_document_has_tables_4_and_5(tmp_path) -> None:
         for i, label in enumerate(labels):
             run = _fake_result(label, protocol, 0.9 + i / 100)
             run.metrics["backbone_passes_to_serve_all"] = 5.0 + (protocol == "class") if "adapter" in label else 1.0
+            run.config["budget"].update(lr_adapter=0.001 * (i + 1), lr_head=0.01)  # each column its own rate
             runs.append(run)
+    runs.append(_fake_result("adapter-5", "task", 0.8, scenario="shifted-digits"))
+    runs[-1].config["budget"].update(lr_adapter=0.03, lr_head=0.3)
     backbone, finetuned = _backbones("meta")
     rows = regime_costs(backbone, "tiny", finetuned, C, SIZES, R)
     rows = [replace(r, regime=r.regime.replace(f"adapter-{R}", "adapter-5")) for r in rows]
@@ -157,6 +160,8 @@ def test_results_document_has_tables_4_and_5(tmp_path) -> None:
     assert "| paper, iNaturalist, accuracy (%) | 50.1 | – | 49.9 | 50.3 |" in doc
     assert "| ours, split-digits, task-incremental, accuracy (%) | 90.0 | 91.0 | 92.0 | 93.0 |" in doc
     assert "| ours, split-digits, class-incremental, accuracy (%) | – | 90.0 | 91.0 | 92.0 |" in doc
+    assert "| ours, split-digits, learning rates: tokens and adapters / head | 0.001 / 0.01 | 0.002 / 0.01 |" in doc
+    assert "| ours, shifted-digits, learning rates: tokens and adapters / head | – | – | 0.03 / 0.3 | – |" in doc
     assert (
         "| ours, backbone passes per image to serve all 5 tasks | task: 1 | task: 1, class: 1 | task: 5, class: 6 |"
         in doc
