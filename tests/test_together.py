@@ -79,20 +79,22 @@ def test_together_equals_alone_bit_for_bit(one_thread, steps: int) -> None:
 
 def test_stacked_rows_equal_per_task_rows_bit_for_bit(one_thread) -> None:
     """The exact path runs every task's rows through one GEMM per layer where the probe finds the
-    GEMMs round rows alike: outputs and gradients equal one GEMM per task, bit for bit (extension
-    included); the together-vs-alone test above takes that path (the probe says so at its shapes)."""
+    GEMMs round rows alike: outputs and gradients then equal one GEMM per task, bit for bit
+    (extension included). Which row counts qualify is the CPU's BLAS's affair (on one 2-core
+    AVX-512 machine 8 rows did not, 9-64 did; on another 8 did), so the test asks the probe."""
     model = model_with(VARIANTS)
     block = model.backbone.blocks[0]
     shapes = attention.linear_shapes(block)
-    assert attention.rows_stack_exactly(shapes, 8, len(VARIANTS), "cpu", 1)  # batch 8 of the test above
     assert not attention.rows_stack_exactly(shapes, 1, 2, "cpu", 1)  # one row: a GEMV rounds unlike a GEMM
+    rows = next((r for r in (16, 32, 64) if attention.rows_stack_exactly(shapes, r, 3, "cpu", 1)), None)
+    if rows is None:
+        pytest.skip("this CPU's BLAS rounds 16-64 stacked rows unlike per-task rows: the model never stacks here")
     generator = torch.Generator().manual_seed(3)
     dim = model.backbone.embed_dim
-    bb_k, bb_v = model.backbone_pass(torch.randn(16, 3, 32, 32, generator=generator)).keys_values[0]
+    bb_k, bb_v = model.backbone_pass(torch.randn(rows, 3, 32, 32, generator=generator)).keys_values[0]
     memory = [attention.memory_kv(block, torch.randn(m, dim, generator=generator)) for m in (1, 4, 2)]
-    start = [torch.randn(16, 1, dim, generator=generator) for _ in memory]
-    weights = [torch.randn(16, 1, dim, generator=generator) for _ in memory]
-    assert attention.rows_stack_exactly(shapes, 16, len(memory), "cpu", 1)
+    start = [torch.randn(rows, 1, dim, generator=generator) for _ in memory]
+    weights = [torch.randn(rows, 1, dim, generator=generator) for _ in memory]
     for sees in ([[0], [1], [2]], [[0], [1], [0, 1, 2]]):
         found = []
         for stack in (True, False):
