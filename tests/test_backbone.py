@@ -114,6 +114,7 @@ def test_the_recipe_reproduces_the_shipped_demo_backbone_bit_for_bit(tmp_path) -
     from continual_mem.pretrain import SHIPPED_DEMO_SHA256, PretrainConfig, pretrain_metadata, save_backbone
     from store import TaskStore
 
+    assert CliRunner().invoke(cli, ["--home", str(tmp_path), "init"]).exit_code == 0
     result = CliRunner().invoke(cli, ["--home", str(tmp_path), "backbone", "pretrain", "again"])
     assert result.exit_code == 0, result.output
     with TaskStore(tmp_path) as store:
