@@ -609,3 +609,12 @@ def test_results_command_quick(tmp_path) -> None:
     assert resumed.exit_code == 0 and f"resuming: {runs} run(s) kept" in resumed.output
     assert len((tmp_path / "reports" / "runs.jsonl").read_text().splitlines()) == runs
     assert "summed over 2 invocations" in (tmp_path / "results.md").read_text()
+
+
+def test_docs_results_is_rendered_from_the_runs_kept_beside_it() -> None:
+    """docs/results.md is exactly what its kept runs render to: no figure in it was edited by hand,
+    and a change to the rendering that would alter it must regenerate it."""
+    from scenarios.results import render_results
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    assert render_results(docs / "results-data") == (docs / "results.md").read_text()
