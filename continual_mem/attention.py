@@ -233,9 +233,9 @@ def rows_stack_exactly(shapes: tuple[tuple[int, int], ...], rows: int, groups: i
     the number of rows (measured on this project's 2-core CPUs with 2 threads: 2, 3, 5, 7 or 9-11
     rows alone round unlike the same rows among 8x as many, 8 or 12-256 alike; 1 row goes through
     a GEMV; on another, AVX-512 one, 9-64 rows alike and 8 not with one thread, and with two
-    threads no count of 8-64 at ViT-S's shapes), and a GPU library picks algorithms by shape. The kernels depend on the shapes, the
-    device and the threads, not on the values, so one probe on random numbers per combination
-    answers it (cached).
+    threads no count of 8-64 at ViT-S's shapes), and a GPU library picks algorithms by shape. The
+    kernels depend on the shapes, the device and the threads, not on the values, so one probe on
+    random numbers per combination answers it (cached).
     """
     generator = torch.Generator().manual_seed(0)
     for out_features, in_features in shapes:

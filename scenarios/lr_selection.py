@@ -3,8 +3,8 @@
 The seed's Table 2 reports every fine-tuning regime at its own best learning rate. Here each
 regime of a scenario (full fine-tuning, head only, head + class token, memory 1/5/10/20 in reuse
 mode, and Table 4's adapter-5 and memory-5+adapter-5, so that memory meets adapters each at its
-own best rate) trains once per candidate of its grid on the validation scenario (`scenarios.validation`:
-80% of each class's training images to train, the other 20% to score; the test images are never
+own best rate) trains once per candidate of its grid on the validation scenario
+(`scenarios.validation`: 80% of each class's training images to train, the other 20% to score; the test images are never
 read), seed = the first seed, task protocol; the best validation average accuracy wins (the first
 candidate of the grid on a tie). Memory with full attention borrows the rate chosen for the same
 memory size in reuse mode (the same parameters learn; its runs cannot share the backbone cache).
@@ -24,7 +24,7 @@ from .runner import Budget, RunRequest, RunResult, ScenarioKey, StrategySpec
 ADAPTER_GRID: tuple[tuple[float, float], ...] = ((1e-3, 1e-2), (3e-3, 3e-2), (1e-2, 1e-1))
 #: Candidates of full fine-tuning (a whole pretrained ViT).
 FINETUNE_GRID: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
-#: Labels whose rate is chosen (Table 2's, Table 4's adapters), and the label a full-attention memory borrows from.
+#: Labels whose rate is chosen (Table 2's, Table 4's adapters); a full-attention memory borrows its size's.
 SELECTED = (
     "full-ft",
     "head-only",

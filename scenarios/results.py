@@ -70,9 +70,9 @@ def generate_results(
     """Run the whole plan (Table 2 cells over every seed, the rest on the first) and write the
     reports; returns the markdown of docs/results.md.
 
-    Table 2's and Table 4's regimes first choose their learning rates on validation splits of the training data
-    (`scenarios.lr_selection`, not recorded in the store), alongside the runs that need no choice;
-    then the chosen rates train and test the rest.
+    Table 2's and Table 4's regimes first choose their learning rates on validation splits of the
+    training data (`scenarios.lr_selection`, not recorded in the store), alongside the runs that
+    need no choice; then the chosen rates train and test the rest.
 
     Every finished run is kept in the report folder's journal (`scenarios.run_journal`) at once,
     and a later call with the same backbone and plan runs only what is not there yet, unless
@@ -150,8 +150,9 @@ MEASURED_TIMES: dict[str, tuple[str, str]] = {
     "cmem scenario compare split-digits": ("878 s (idle, 30 runs)", "1,269 s (idle, 34 runs)"),
 }
 LR_NOTE = (
-    "Each Table 2 regime, and Table 4's adapter-5 and memory-5+adapter-5, trains once per candidate rate on a validation split of its scenario (80% of each "
-    "class's training images to train, 20% to score; the test data is never read), task protocol, first seed; "
+    "Each Table 2 regime, and Table 4's adapter-5 and memory-5+adapter-5, trains once per candidate rate "
+    "on a validation split of its scenario (80% of each class's training images to train, 20% to score; "
+    "the test data is never read), task protocol, first seed; "
     "the best validation average accuracy wins. Memory with full attention uses the rate chosen for the same "
     "size in reuse mode. Every run of those labels (both protocols, every seed) trains with the chosen rate; "
     "the other strategies keep the budget's rates."

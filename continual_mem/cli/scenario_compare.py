@@ -162,9 +162,9 @@ def results_command(
     """Regenerate docs/results.md: Tables 2, 4 and 5 layouts and the continual-learning comparison.
 
     Trains and evaluates every strategy on split-digits and shifted-digits, both protocols (166 runs
-    with the validation runs: 93 minutes on 2 idle cores, 2026-11-27), measures each regime's parameters and FLOPs at ViT-B/32 and B/16
-    (Table 5, about a minute), records the runs, writes per-scenario reports and the document, which
-    names the backbone and where its weights came from. Table 2's and Table 4's regimes first choose
+    with the validation runs: 93 minutes on 2 idle cores, 2026-11-27), measures each regime's
+    parameters and FLOPs at ViT-B/32 and B/16 (Table 5, about a minute), records the runs, writes
+    per-scenario reports and the document, which names the backbone and where its weights came from. Table 2's and Table 4's regimes first choose
     their learning rates on a validation split of the training data (never the test data); the
     document reports the chosen rates. Each finished run is kept in --report-dir at once: run the
     same command again after stopping it and it goes on from there.
