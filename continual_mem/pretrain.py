@@ -5,10 +5,11 @@ depth 4) and pretrained from scratch on GENERATED pen-stroke glyphs (`builtin:gl
 random curves, half of them scanned at a low resolution), data disjoint from every downstream source
 (no digits among them). Results shown with it say so.
 
-Pretraining runs on one thread, so the recipe (`PretrainConfig()`) gives the same bytes every time:
-the package ships them (`SHIPPED_DEMO_WEIGHTS`, sha256 `SHIPPED_DEMO_SHA256`), and the demo and the
-scenario commands use that file instead of pretraining for minutes; `cmem backbone pretrain` with the
-recipe reproduces it bit for bit (tests/test_backbone.py, slow).
+Pretraining runs on one thread, so the recipe (`PretrainConfig()`) gives the same bytes every time
+on the same CPU kind: the package ships them (`SHIPPED_DEMO_WEIGHTS`, sha256 `SHIPPED_DEMO_SHA256`),
+and the demo and the scenario commands use that file instead of pretraining for minutes. Float32
+kernels round differently from one instruction set to another, so on another CPU kind (measured:
+an AVX-512 Xeon) the recipe gives other bytes; tests/test_backbone.py's slow test checks the sha256.
 """
 
 from __future__ import annotations
