@@ -51,12 +51,13 @@ class RunJournal:
         for line in text.splitlines():
             try:
                 entry = json.loads(line)
-                result = RunResult.from_dict(entry["result"])
-                spans[entry["invocation"]] = max(spans.get(entry["invocation"], 0.0), float(entry["since_start_s"]))
+                key, invocation, since = entry["key"], entry["invocation"], float(entry["since_start_s"])
+                if json.loads(key)["backbone_sha256"] != backbone_sha256:
+                    continue  # another backbone's run: neither its result nor its time is this plan's
+                self._done[key] = RunResult.from_dict(entry["result"])
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short when an earlier invocation was stopped mid-write
-            if json.loads(entry["key"])["backbone_sha256"] == backbone_sha256:
-                self._done[entry["key"]] = result
+            spans[invocation] = max(spans.get(invocation, 0.0), since)
         self.earlier_invocations = len(spans)
         self.earlier_elapsed_s = sum(spans.values())
 

@@ -41,5 +41,6 @@ def test_a_stopped_run_resumes_where_it_stopped(tmp_path) -> None:
     assert len(later) == 2 and later.earlier_invocations == 2 and _same(later.done(memory), both[1])
     assert later.earlier_elapsed_s >= again.earlier_elapsed_s
     assert len(RunJournal(path, "sha-b")) == 0  # another backbone's runs are never taken
+    assert RunJournal(path, "sha-b").earlier_invocations == 0  # nor their time counted
     other_seed = RunRequest(KEY, StrategySpec.parse("head-only"), Budget(epochs=1, batch_size=16, seed=1))
     assert later.done(other_seed) is None
