@@ -5,11 +5,14 @@ depth 4) and pretrained from scratch on GENERATED pen-stroke glyphs (`builtin:gl
 random curves, half of them scanned at a low resolution), data disjoint from every downstream source
 (no digits among them). Results shown with it say so.
 
-Pretraining runs on one thread, so the recipe (`PretrainConfig()`) gives the same bytes every time
-on the same CPU kind: the package ships them (`SHIPPED_DEMO_WEIGHTS`, sha256 `SHIPPED_DEMO_SHA256`),
-and the demo and the scenario commands use that file instead of pretraining for minutes. Float32
-kernels round differently from one instruction set to another, so on another CPU kind (measured:
-an AVX-512 Xeon) the recipe gives other bytes; tests/test_backbone.py's slow test checks the sha256.
+Float32 kernels round differently from one CPU to another: torch picks its vectorized kernels by
+instruction set (an AVX-512 sum adds 16 lanes, an AVX2 one 8), MKL picks GEMM code by instruction
+set, vendor and cache size, and oneDNN compiles its convolutions for the CPU at hand. So pretraining
+runs in a child process whose kernels are pinned (`PINNED_KERNELS`, oneDNN off, one thread): the
+same arithmetic on every x86-64 CPU with AVX2, hence the same bytes. That is what lets the package
+ship the recipe's weights (`SHIPPED_DEMO_WEIGHTS`, sha256 `SHIPPED_DEMO_SHA256`) for the demo and
+the scenario commands to use instead of pretraining for minutes; tests/test_backbone.py's slow test
+checks that the recipe gives them again.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import hashlib
 import json
 import math
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,7 +37,7 @@ from timm.models.vision_transformer import VisionTransformer
 from .adapter import write_safetensors
 from .backbone import create_backbone
 from .data import GLYPH_CLASSES, InputSpec, LabeledImages, load_source
-from .errors import ConfigError
+from .errors import ConfigError, ContinualMemError
 
 DEMO_MODEL = "vit_tiny_patch16_224"
 DEMO_KWARGS: dict[str, Any] = {"img_size": 32, "patch_size": 4, "depth": 4}
@@ -39,9 +45,19 @@ DEMO_DATA = "builtin:glyphs"
 DEMO_EPOCHS = 4
 #: Threads pretraining runs on: one, so that the recipe reproduces the same weights bit for bit.
 PRETRAIN_THREADS = 1
+#: The pretraining process's environment, read as torch and MKL load, so set before the process
+#: starts: torch's own kernels built for AVX2 (on any CPU that has it, AVX-512 ones included) and
+#: MKL's conditional-numerical-reproducibility branch that gives the same results on Intel and AMD
+#: CPUs (SSE2 code: the GEMMs run about 2x slower than MKL's own choice).
+PINNED_KERNELS: dict[str, str] = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "COMPATIBLE",
+    "OMP_NUM_THREADS": str(PRETRAIN_THREADS),
+    "MKL_NUM_THREADS": str(PRETRAIN_THREADS),
+}
 #: The recipe's weights as `save_backbone(model, path, pretrain_metadata(PretrainConfig()))` writes them.
 SHIPPED_DEMO_WEIGHTS = Path(__file__).parent / "weights" / "demo-vit.safetensors"
-SHIPPED_DEMO_SHA256 = "7f8f7b456ca6eca96908fc9e3c1d833615bc198948fa8be066bd60258475b7d0"
+SHIPPED_DEMO_SHA256 = "1a892397540213544d0a7725c99b1b4a7c762f2985d096758b6917d3df75fae8"
 
 
 @dataclass(frozen=True)
@@ -63,31 +79,70 @@ class PretrainConfig:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
 
 
+@dataclass(frozen=True)
+class PretrainRun:
+    """What a pretraining reports besides the model: its metrics and the kernels it ran on."""
+
+    metrics: dict[str, float]
+    kernels: str
+    #: Whether the pinned kernels ran (an x86-64 CPU with AVX2, torch built with MKL): then the
+    #: weights do not depend on the CPU; else they are reproducible on this CPU kind only.
+    pinned: bool
+
+
 def pretrain_backbone(
     config: PretrainConfig = PretrainConfig(),
     on_epoch: Callable[[int, float, float], None] | None = None,
-    data: LabeledImages | None = None,
-) -> tuple[VisionTransformer, dict[str, float]]:
-    """Train every weight of a fresh ViT as a classifier of `config.data` (already loaded: `data`);
-    returns it in eval mode.
+) -> tuple[VisionTransformer, PretrainRun]:
+    """Train every weight of a fresh ViT as a classifier of `config.data`; returns it in eval mode.
 
-    Runs on one CPU thread (`PRETRAIN_THREADS`), whatever the process uses otherwise: float sums
-    split over threads round differently, and one thread makes the weights the same bytes on every
-    run, which is what lets the package ship the demo backbone (`SHIPPED_DEMO_WEIGHTS`).
+    Runs in a child process with `PINNED_KERNELS` (this process's kernels are chosen already and
+    stay as they are), which loads the data itself: generating the glyphs rounds by the kernels too.
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(PRETRAIN_THREADS)
-    try:
-        return _pretrain(config, on_epoch, data)
-    finally:
-        torch.set_num_threads(previous)
+    with tempfile.TemporaryDirectory(prefix="cmem-pretrain-") as tmp:
+        weights, log = Path(tmp) / "weights.safetensors", Path(tmp) / "stderr.log"
+        command = [sys.executable, "-m", "continual_mem.pretrain_process", json.dumps(asdict(config)), str(weights)]
+        with log.open("w") as stderr:
+            child = subprocess.Popen(
+                command, env={**os.environ, **PINNED_KERNELS}, stdout=subprocess.PIPE, stderr=stderr, text=True
+            )
+            try:
+                done = _follow(child, on_epoch)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                child.wait()
+        if child.returncode != 0 or done is None:
+            lines = log.read_text().strip().splitlines() or [f"exit status {child.returncode}"]
+            raise ContinualMemError(f"pretraining failed: {lines[-1]}")
+        kwargs = {**dict(config.model_kwargs), "num_classes": done["num_classes"]}
+        model = create_backbone(config.model_name, weights=weights, exact=True, **kwargs)
+    return model.eval(), PretrainRun(done["metrics"], done["kernels"], done["pinned"])
 
 
-def _pretrain(
-    config: PretrainConfig, on_epoch: Callable[[int, float, float], None] | None, data: LabeledImages | None
+def _follow(child: subprocess.Popen[str], on_epoch: Callable[[int, float, float], None] | None) -> dict | None:
+    """Relay the child's epoch lines to `on_epoch`; its last line, once it has saved the weights."""
+    assert child.stdout is not None
+    done = None
+    for line in child.stdout:
+        message = json.loads(line)
+        if "epoch" in message and on_epoch is not None:
+            on_epoch(message["epoch"], message["loss"], message["accuracy"])
+        done = message if "metrics" in message else done
+    return done
+
+
+def config_from_json(text: str) -> PretrainConfig:
+    """The inverse of `json.dumps(asdict(config))`."""
+    fields = json.loads(text)
+    return PretrainConfig(**{**fields, "model_kwargs": tuple(tuple(item) for item in fields["model_kwargs"])})
+
+
+def pretrain_here(
+    config: PretrainConfig, data: LabeledImages, on_epoch: Callable[[int, float, float], None] | None = None
 ) -> tuple[VisionTransformer, dict[str, float]]:
+    """The recipe's training loop, on this process's kernels (`pretrain_backbone` runs it pinned)."""
     torch.manual_seed(config.seed)
-    data = data if data is not None else load_source(config.data)
     model = create_backbone(config.model_name, num_classes=len(data.class_names), **dict(config.model_kwargs))
     images = InputSpec.from_backbone(model)(data.images)
     total = config.epochs * math.ceil(len(data) / config.batch_size)
@@ -153,7 +208,7 @@ def demo_backbone(cache_dir: Path | None = None, config: PretrainConfig = Pretra
     path = cache_dir / f"demo-backbone-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        model, _ = pretrain_backbone(config, data=data)
+        model, _ = pretrain_backbone(config)
         save_backbone(model, path, pretrain_metadata(config))
     num_classes = len(data.class_names)
     return create_backbone(

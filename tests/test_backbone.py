@@ -102,11 +102,52 @@ def test_the_shipped_demo_backbone_is_checked_and_registered(tmp_path) -> None:
     assert info.config["pretrain"]["epochs"] == 4 and model.num_classes == 64
 
 
+SMALL_PRETRAIN = dict(img_size=16, patch_size=4, depth=2, embed_dim=64, num_heads=2)
+
+
+def _child_pretraining(config, env: dict[str, str], tmp_path) -> str:
+    """The child process run as is, under `env` alone (no pins): the weights' sha256."""
+    import json
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    weights = tmp_path / "unpinned.safetensors"
+    command = [sys.executable, "-m", "continual_mem.pretrain_process", json.dumps(asdict(config)), str(weights)]
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    return fingerprint(
+        create_backbone(config.model_name, weights=weights, exact=True, num_classes=10, **SMALL_PRETRAIN)
+    )
+
+
+def test_pretraining_gives_the_same_bytes_whatever_kernels_the_caller_would_pick(monkeypatch, tmp_path) -> None:
+    """The pinned child ignores the caller's kernel choices; unpinned, the same one changes the bytes.
+
+    `ATEN_CPU_CAPABILITY=default` and `MKL_ENABLE_INSTRUCTIONS` stand in, on one machine, for a CPU
+    with other vector units: what the pins exist for."""
+    import os
+
+    from continual_mem.pretrain import PretrainConfig, pretrain_backbone
+
+    config = PretrainConfig(model_kwargs=tuple(SMALL_PRETRAIN.items()), data="builtin:digits", epochs=1)
+    model, run = pretrain_backbone(config)
+    pinned = fingerprint(model)
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert run.pinned, run.kernels
+    assert run.kernels.startswith("torch AVX2 kernels, MKL (MKL_CBWR=COMPATIBLE), oneDNN off, 1 thread")
+    other_cpu = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "MKL_CBWR": "AUTO"}
+    for name, value in other_cpu.items():
+        monkeypatch.setenv(name, value)
+    assert fingerprint(pretrain_backbone(config)[0]) == pinned
+    unpinned = {**os.environ, "OMP_NUM_THREADS": "1"}
+    del unpinned["MKL_CBWR"]
+    assert _child_pretraining(config, unpinned, tmp_path) != pinned
+
+
 @pytest.mark.slow
 def test_the_recipe_reproduces_the_shipped_demo_backbone_bit_for_bit(tmp_path) -> None:
-    """`cmem backbone pretrain` with the demo recipe gives the shipped file's bytes (one thread).
-
-    On the CPU kind that made the file; on an AVX-512 Xeon it gave other bytes (README)."""
+    """`cmem backbone pretrain` with the demo recipe gives the shipped file's bytes, on any x86-64 CPU
+    with AVX2: the pretraining's kernels are pinned (`PINNED_KERNELS`)."""
     import hashlib
 
     from click.testing import CliRunner

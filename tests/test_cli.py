@@ -406,6 +406,20 @@ def test_torchrun_two_processes_match_one(home) -> None:
     assert any(not torch.equal(two[k], load_file(str(TaskStore(home).artifact_path("low@1")))[k]) for k in one)
 
 
+def test_backbone_pretrain_runs_pinned_and_says_so(tmp_path) -> None:
+    """`cmem backbone pretrain`: a pinned child process trains, the store keeps which kernels ran."""
+    model = ("img_size=16", "patch_size=4", "depth=1", "embed_dim=32", "num_heads=2")
+    args = [part for pair in model for part in ("--arg", pair)]
+    run(tmp_path, "init")
+    out = run(tmp_path, "backbone", "pretrain", "small", *args, "--data", "builtin:digits", "--epochs", "1").output
+    assert "Added backbone small: vit_tiny_patch16_224 pretrained here on builtin:digits" in out
+    assert "Kernels pinned (torch AVX2 kernels, MKL (MKL_CBWR=COMPATIBLE), oneDNN off, 1 thread(s))" in out
+    with TaskStore(tmp_path) as store:
+        pretrain = store.get_backbone("small").config["pretrain"]
+    assert pretrain["pinned_kernels"] is True and pretrain["epochs"] == 1
+    assert pretrain["model_kwargs"] == {"img_size": 16, "patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2}
+
+
 def test_demo_runs_the_whole_job(tmp_path) -> None:
     """The README's main job, shortened to one epoch: shipped backbone, 3 tasks, deploy, one-pass predict."""
     out = run(tmp_path, "demo", "--epochs", "1").output

@@ -124,6 +124,11 @@ def backbone_pretrain(
     config = pretrain_config(model_name, parse_model_args(model_args), data_source, epochs, lr, batch_size, seed)
     info = pretrain_backbone_with_progress(store, name, config)
     click.echo(f"Added backbone {info.name}: {info.timm_name} pretrained here on {config.data}")
+    pretrain = info.config["pretrain"]
+    if pretrain["pinned_kernels"]:
+        click.echo(f"Kernels pinned ({pretrain['kernels']}): the same bytes on any x86-64 CPU with AVX2")
+    else:
+        click.echo(f"Kernels not pinned ({pretrain['kernels']}): the bytes are reproducible on this CPU kind only")
 
 
 def pretrain_config(

@@ -106,12 +106,13 @@ def pretrain_and_add_backbone(
     `on_start` is called once the name and the data are checked, as the pretraining starts.
     """
     _ensure_new_backbone(store, name)
-    data = load_source(config.data)
+    load_source(config.data)  # bad data is refused here, with its own error; the child loads it again
     if on_start is not None:
         on_start()
-    model, metrics = pretrain_backbone(config, on_epoch, data=data)
+    model, run = pretrain_backbone(config, on_epoch)
     kwargs = {**dict(config.model_kwargs), "num_classes": int(model.num_classes)}
-    extra = {"source": f"pretrained here on {config.data}", "pretrain": {**asdict(config), "metrics": metrics}}
+    pretrain_record = {**asdict(config), "metrics": run.metrics, "kernels": run.kernels, "pinned_kernels": run.pinned}
+    extra = {"source": f"pretrained here on {config.data}", "pretrain": pretrain_record}
     extra["pretrain"]["model_kwargs"] = dict(config.model_kwargs)
     return _register(store, name, config.model_name, model, kwargs, extra)
 
