@@ -48,7 +48,7 @@ PRETRAIN_THREADS = 1
 #: The pretraining process's environment, read as torch and MKL load, so set before the process
 #: starts: torch's own kernels built for AVX2 (on any CPU that has it, AVX-512 ones included) and
 #: MKL's conditional-numerical-reproducibility branch that gives the same results on Intel and AMD
-#: CPUs (SSE2 code: the GEMMs run about 2x slower than MKL's own choice).
+#: CPUs (SSE2 code: pretraining runs about 2x slower than on MKL's own choice).
 PINNED_KERNELS: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "MKL_CBWR": "COMPATIBLE",
@@ -121,11 +121,18 @@ def pretrain_backbone(
 
 
 def _follow(child: subprocess.Popen[str], on_epoch: Callable[[int, float, float], None] | None) -> dict | None:
-    """Relay the child's epoch lines to `on_epoch`; its last line, once it has saved the weights."""
+    """Relay the child's epoch lines to `on_epoch`; its last line, once it has saved the weights.
+
+    Lines that are not the child's own JSON (a library printing to stdout) are passed over."""
     assert child.stdout is not None
     done = None
     for line in child.stdout:
-        message = json.loads(line)
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(message, dict):
+            continue
         if "epoch" in message and on_epoch is not None:
             on_epoch(message["epoch"], message["loss"], message["accuracy"])
         done = message if "metrics" in message else done

@@ -18,6 +18,10 @@ import torch
 from .data import load_source
 from .pretrain import PRETRAIN_THREADS, config_from_json, pretrain_here, pretrain_metadata, save_backbone
 
+#: Whether this machine can run the pinned kernels: an x86-64 CPU with AVX2 (AVX-512 ones have it),
+#: and torch built with MKL.
+PINS_HOLD = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") and torch.backends.mkl.is_available()
+
 
 def kernels_in_use() -> tuple[str, bool]:
     """The kernels this process runs on, and whether they are the pinned ones."""
