@@ -12,6 +12,9 @@ package carries as ``store/migrations`` (see pyproject.toml); the helpers here a
 
 from __future__ import annotations
 
+import random
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -111,14 +114,29 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # and only issued before DML, which breaks both locking and transactional DDL).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    for pragma in (
-        "journal_mode=WAL",
-        "foreign_keys=ON",
-        f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-        "synchronous=FULL",
-    ):
+    for pragma in (f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "foreign_keys=ON", "synchronous=FULL"):
         cursor.execute(f"PRAGMA {pragma}")
+    _enable_wal(cursor)
     cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Put the database in WAL mode, retrying while another connection holds the lock it needs.
+
+    WAL mode is kept in the file, so only the first connection to a new database changes it.
+    That change takes the exclusive lock, and where waiting for it could deadlock (several
+    processes opening one new database at once) SQLite answers "database is locked" at once
+    instead of waiting out the busy timeout; so wait here, up to that timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))  # apart, so that the racers do not meet again
 
 
 def _sqlite_on_begin(conn: Connection) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import event
 
 from store import AlreadyExistsError, TaskStore
+from store.db import make_engine
 
 
 def guarded(target: Any, index: int, barrier: Any, results: Any, *args: Any) -> None:
@@ -46,6 +47,18 @@ def register_and_add_versions(index: int, home: str, url: str, artifacts: list[s
             version = store.begin_version("digits", "memory", 4, {"worker": index, "i": i})
             numbers.append(store.complete_version(version, Path(artifact), {"worker": index}).number)
     return {"won": won, "numbers": numbers}
+
+
+def open_new_databases(index: int, urls: list[str], barrier: Any) -> int:
+    """Open each new database at the same moment as the other workers (the first connection of
+    each is the race). Returns how many it opened.
+    """
+    for url in urls:
+        barrier.wait(60)
+        engine = make_engine(url)
+        engine.connect().close()
+        engine.dispose()
+    return len(urls)
 
 
 def die_before_commit(home: str, url: str, artifact: str, how: str) -> None:
