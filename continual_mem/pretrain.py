@@ -9,10 +9,11 @@ Float32 kernels round differently from one CPU to another: torch picks its vecto
 instruction set (an AVX-512 sum adds 16 lanes, an AVX2 one 8), MKL picks GEMM code by instruction
 set, vendor and cache size, and oneDNN compiles its convolutions for the CPU at hand. So pretraining
 runs in a child process whose kernels are pinned (`PINNED_KERNELS`, oneDNN off, one thread): the
-same arithmetic on every x86-64 CPU with AVX2, hence the same bytes. That is what lets the package
-ship the recipe's weights (`SHIPPED_DEMO_WEIGHTS`, sha256 `SHIPPED_DEMO_SHA256`) for the demo and
-the scenario commands to use instead of pretraining for minutes; tests/test_backbone.py's slow test
-checks that the recipe gives them again.
+bytes then no longer follow the caller's settings or the instruction sets of the CPU. They still
+follow its vendor: the shipped weights (`SHIPPED_DEMO_WEIGHTS`, sha256 `SHIPPED_DEMO_SHA256`) were
+made on an AMD EPYC, and the recipe gives them again there but not on an Intel Xeon (MKL's vector
+math, which torch's float32 `sqrt` and `erfinv` use, is the likely cause: see the README and
+benchmarks/kernel_bytes.py). tests/test_backbone.py's slow test checks the recipe against them.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class PretrainRun:
     metrics: dict[str, float]
     kernels: str
     #: Whether the pinned kernels ran (an x86-64 CPU with AVX2, torch built with MKL): then the
-    #: weights do not depend on the CPU; else they are reproducible on this CPU kind only.
+    #: weights depend neither on the caller's settings nor on the CPU's instruction sets.
     pinned: bool
 
 

@@ -126,7 +126,10 @@ def backbone_pretrain(
     click.echo(f"Added backbone {info.name}: {info.timm_name} pretrained here on {config.data}")
     pretrain = info.config["pretrain"]
     if pretrain["pinned_kernels"]:
-        click.echo(f"Kernels pinned ({pretrain['kernels']}): the same bytes on any x86-64 CPU with AVX2")
+        click.echo(
+            f"Kernels pinned ({pretrain['kernels']}): the bytes follow neither this environment nor the CPU's"
+            " instruction sets; across CPU vendors they may still differ"
+        )
     else:
         click.echo(f"Kernels not pinned ({pretrain['kernels']}): the bytes are reproducible on this CPU kind only")
 

@@ -119,7 +119,7 @@ def _demo_backbone(store: TaskStore, pretrain_epochs: int | None) -> None:
         click.echo(
             f"Registered the package's {info.timm_name} (32 px, patch 4, depth 4) pretrained on generated "
             f"pen-stroke glyphs, no digits among them (file sha256 {SHIPPED_DEMO_SHA256[:12]}; "
-            f"`cmem backbone pretrain NAME` reproduces it bit for bit)"
+            f"`cmem backbone pretrain NAME` reproduces it bit for bit on an AMD EPYC)"
         )
     else:
         config = pretrain_config(None, {}, epochs=pretrain_epochs)
