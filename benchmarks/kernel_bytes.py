@@ -14,7 +14,10 @@ For each `MKL_CBWR` branch, in a fresh process with torch's AVX2 kernels, oneDNN
     which torch routes to VML too);
 and `sqrt_exact`: how many of the `sqrt` values differ from the correctly rounded square root.
 Last, the pinned pretraining of a small ViT (1 epoch of `builtin:digits`) through
-`pretrain_backbone`, as tests/test_backbone.py runs it.
+`pretrain_backbone`, as tests/test_backbone.py runs it; and the same pretraining, pinned likewise,
+with the candidate fix that keeps VML out of the recipe (`VML_FREE`: timm's `trunc_normal_` init
+redone with `normal_().clamp_()`, AdamW's square root taken as `rsqrt().reciprocal()`). If that
+last fingerprint agrees on an Intel and an AMD machine, the fix holds.
 
     python benchmarks/kernel_bytes.py [--json] [--branches COMPATIBLE AVX2 ...]
 """
@@ -56,6 +59,51 @@ print(json.dumps({
 }))
 """
 
+#: The candidate fix, patched into `pretrain.pretrain_here` in a pinned child (argv: repository root).
+VML_FREE = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from continual_mem import pretrain
+from continual_mem.backbone import fingerprint
+from continual_mem.data import load_source
+
+def create_without_vml(*args, **kwargs):
+    model = create_backbone(*args, **kwargs)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, 0.02).clamp_(-2.0, 2.0)
+                if module.bias is not None:
+                    module.bias.zero_()
+        model.pos_embed.normal_(0.0, 0.02).clamp_(-2.0, 2.0)
+    return model
+
+class AdamWWithoutVML(torch.optim.AdamW):
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in (p for p in group["params"] if p.grad is not None):
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                state["exp_avg"].lerp_(p.grad, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                root = state["exp_avg_sq"].rsqrt().reciprocal() / (1 - beta2 ** state["step"]) ** 0.5
+                p.addcdiv_(state["exp_avg"], root.add_(group["eps"]), value=-group["lr"] / (1 - beta1 ** state["step"]))
+
+create_backbone, pretrain.create_backbone = pretrain.create_backbone, create_without_vml
+pretrain.torch.optim.AdamW = AdamWWithoutVML
+torch.backends.mkldnn.enabled = False
+torch.set_num_threads(1)
+small = dict(img_size=16, patch_size=4, depth=2, embed_dim=64, num_heads=2)
+config = pretrain.PretrainConfig(model_kwargs=tuple(small.items()), data="builtin:digits", epochs=1)
+model, _ = pretrain.pretrain_here(config, load_source(config.data))
+print(fingerprint(model)[:12])
+"""
+
 
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -86,6 +134,16 @@ def small_pretraining() -> str:
     return f"{fingerprint(model)[:12]} ({run.kernels})"
 
 
+def vml_free_small_pretraining() -> str:
+    from continual_mem.pretrain import PINNED_KERNELS
+
+    env = {**os.environ, **PINNED_KERNELS}
+    out = subprocess.run(
+        [sys.executable, "-c", VML_FREE, str(ROOT)], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--branches", nargs="+", default=list(BRANCHES))
@@ -95,6 +153,7 @@ def main() -> None:
         "cpu": cpu_model(),
         "branches": {branch: probe(branch) for branch in args.branches},
         "small_pinned_pretraining": small_pretraining(),
+        "small_pinned_pretraining_vml_free": vml_free_small_pretraining(),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -103,6 +162,7 @@ def main() -> None:
     for branch, hashes in report["branches"].items():
         print(f"MKL_CBWR={branch:<11} " + "  ".join(f"{k} {v}" for k, v in hashes.items()))
     print(f"small pinned pretraining: {report['small_pinned_pretraining']}")
+    print(f"small pinned pretraining, VML-free candidate: {report['small_pinned_pretraining_vml_free']}")
 
 
 if __name__ == "__main__":
