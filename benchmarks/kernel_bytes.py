@@ -30,10 +30,20 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from continual_mem.pretrain import PINNED_KERNELS, PretrainConfig  # noqa: E402
+
 BRANCHES = ("COMPATIBLE", "SSE4_2", "AVX2", "AVX512", "AUTO")
+#: The small pretraining of tests/test_backbone.py (`SMALL_PRETRAIN`): 1 epoch of digits, about 15 s.
+SMALL = PretrainConfig(
+    model_kwargs=(("img_size", 16), ("patch_size", 4), ("depth", 2), ("embed_dim", 64), ("num_heads", 2)),
+    data="builtin:digits",
+    epochs=1,
+)
 
 PROBE = """
 import hashlib, json, sys, torch
@@ -59,7 +69,8 @@ print(json.dumps({
 }))
 """
 
-#: The candidate fix, patched into `pretrain.pretrain_here` in a pinned child (argv: repository root).
+#: The candidate fix, patched into `pretrain.pretrain_here` in a pinned child
+#: (argv: repository root, the config as JSON).
 VML_FREE = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -98,8 +109,7 @@ create_backbone, pretrain.create_backbone = pretrain.create_backbone, create_wit
 pretrain.torch.optim.AdamW = AdamWWithoutVML
 torch.backends.mkldnn.enabled = False
 torch.set_num_threads(1)
-small = dict(img_size=16, patch_size=4, depth=2, embed_dim=64, num_heads=2)
-config = pretrain.PretrainConfig(model_kwargs=tuple(small.items()), data="builtin:digits", epochs=1)
+config = pretrain.config_from_json(sys.argv[2])
 model, _ = pretrain.pretrain_here(config, load_source(config.data))
 print(fingerprint(model)[:12])
 """
@@ -113,34 +123,22 @@ def cpu_model() -> str:
 
 
 def probe(branch: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "ATEN_CPU_CAPABILITY": "avx2",
-        "MKL_CBWR": branch,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
+    env = {**os.environ, **PINNED_KERNELS, "MKL_CBWR": branch}
     out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT)], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def small_pretraining() -> str:
-    sys.path.insert(0, str(ROOT))
     from continual_mem.backbone import fingerprint
-    from continual_mem.pretrain import PretrainConfig, pretrain_backbone
+    from continual_mem.pretrain import pretrain_backbone
 
-    small = dict(img_size=16, patch_size=4, depth=2, embed_dim=64, num_heads=2)
-    model, run = pretrain_backbone(PretrainConfig(model_kwargs=tuple(small.items()), data="builtin:digits", epochs=1))
+    model, run = pretrain_backbone(SMALL)
     return f"{fingerprint(model)[:12]} ({run.kernels})"
 
 
 def vml_free_small_pretraining() -> str:
-    from continual_mem.pretrain import PINNED_KERNELS
-
-    env = {**os.environ, **PINNED_KERNELS}
-    out = subprocess.run(
-        [sys.executable, "-c", VML_FREE, str(ROOT)], env=env, capture_output=True, text=True, check=True
-    )
+    command = [sys.executable, "-c", VML_FREE, str(ROOT), json.dumps(asdict(SMALL))]
+    out = subprocess.run(command, env={**os.environ, **PINNED_KERNELS}, capture_output=True, text=True, check=True)
     return out.stdout.strip().splitlines()[-1]
 
 
