@@ -247,7 +247,14 @@ def _jittered(strokes: list[np.ndarray], size: int, rng: np.random.Generator) ->
     rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
     center = size / 2.0
     shift = rng.uniform(-3, 3, size=2).astype(np.float32)
-    return [(c - center) @ rot.T + center + shift + rng.normal(0, 1.0, c.shape).astype(np.float32) for c in strokes]
+    return [_turned(c - center, rot) + center + shift + rng.normal(0, 1.0, c.shape).astype(np.float32) for c in strokes]
+
+
+def _turned(points: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """`points @ rot.T` (points (P, 2)) in elementwise float32 arithmetic, the same bytes on every CPU.
+
+    numpy hands `@` to OpenBLAS, whose kernel for the CPU at hand rounds with or without FMA."""
+    return points[:, :1] * rot[:, 0] + points[:, 1:] * rot[:, 1]
 
 
 def glyphs(

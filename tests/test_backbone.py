@@ -91,7 +91,7 @@ def test_the_shipped_demo_backbone_is_checked_and_registered(tmp_path) -> None:
     import hashlib
 
     from continual_mem import services
-    from continual_mem.pretrain import SHIPPED_DEMO_SHA256, SHIPPED_DEMO_WEIGHTS, demo_backbone
+    from continual_mem.pretrain import SHIPPED_DEMO_SHA256, SHIPPED_DEMO_WEIGHTS, PretrainConfig, demo_backbone
     from store import TaskStore
 
     assert hashlib.sha256(SHIPPED_DEMO_WEIGHTS.read_bytes()).hexdigest() == SHIPPED_DEMO_SHA256
@@ -100,10 +100,13 @@ def test_the_shipped_demo_backbone_is_checked_and_registered(tmp_path) -> None:
         model, _ = services.load_backbone(store, "demo-vit")
     assert info.weights_sha256 == fingerprint(demo_backbone()) == fingerprint(model)
     assert info.config["source"] == "shipped with the package, pretrained by the recipe on builtin:glyphs"
-    assert info.config["pretrain"]["epochs"] == 4 and model.num_classes == 64
+    assert info.config["pretrain"]["epochs"] == PretrainConfig().epochs and model.num_classes == 64
 
 
 SMALL_PRETRAIN = dict(img_size=16, patch_size=4, depth=2, embed_dim=64, num_heads=2)
+#: The small pinned pretraining's fingerprint as a 2-core Intel Xeon (AVX-512 with VNNI) and a 2-core
+#: AMD EPYC (Zen 4) both gave it (2026-11-27): the pinned recipe's bytes follow no CPU vendor.
+SMALL_PRETRAIN_ON_INTEL_AND_AMD = "d5f542d2c93d"
 
 
 def _child_pretraining(config, env: dict[str, str], tmp_path) -> str:
@@ -123,7 +126,8 @@ def _child_pretraining(config, env: dict[str, str], tmp_path) -> str:
 
 @pytest.mark.skipif(not PINS_HOLD, reason="the pinned kernels need an x86-64 CPU with AVX2 and torch built with MKL")
 def test_pretraining_gives_the_same_bytes_whatever_kernels_the_caller_would_pick(monkeypatch, tmp_path) -> None:
-    """The pinned child ignores the caller's kernel choices; unpinned, the same one changes the bytes.
+    """The pinned child gives the bytes Intel and AMD CPUs gave and ignores the caller's kernel choices;
+    unpinned, the same child changes the bytes.
 
     `ATEN_CPU_CAPABILITY=default` and `MKL_ENABLE_INSTRUCTIONS` stand in, on one machine, for a CPU
     with other vector units: what the pins exist for."""
@@ -136,6 +140,7 @@ def test_pretraining_gives_the_same_bytes_whatever_kernels_the_caller_would_pick
     pinned = fingerprint(model)
     assert run.pinned, run.kernels
     assert run.kernels.startswith("torch AVX2 kernels, MKL (MKL_CBWR=COMPATIBLE), oneDNN off, 1 thread")
+    assert pinned[:12] == SMALL_PRETRAIN_ON_INTEL_AND_AMD
     other_cpu = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "MKL_CBWR": "AUTO"}
     for name, value in other_cpu.items():
         monkeypatch.setenv(name, value)
@@ -145,12 +150,84 @@ def test_pretraining_gives_the_same_bytes_whatever_kernels_the_caller_would_pick
     assert _child_pretraining(config, unpinned, tmp_path) != pinned
 
 
+def _aten_ops(run) -> set[str]:
+    """The aten ops `run()` dispatches (their packet names, e.g. 'sqrt', 'rsqrt')."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func._schema.name.removeprefix("aten::").rstrip("_"))
+            return func(*args, **(kwargs or {}))
+
+    with Record() as record:
+        run()
+    return record.ops
+
+
+def test_adamw_without_vector_math_follows_torch_adamw_without_taking_sqrt() -> None:
+    """The recipe's AdamW is torch's (moments, bias correction, decoupled decay, OneCycleLR's changing
+    lr and betas) up to rounding, and its steps never reach the `sqrt` that torch hands to MKL's VML."""
+    import copy
+
+    from continual_mem.pretrain import AdamWWithoutVectorMath
+
+    torch.manual_seed(0)
+    theirs = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
+    ours, start = copy.deepcopy(theirs), copy.deepcopy(theirs.state_dict())
+    inputs, labels = torch.randn(40, 6), torch.randint(0, 3, (40,))
+
+    def trainer(model, optimizer):
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=30, pct_start=0.1)
+
+        def step() -> None:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+            optimizer.step()
+            schedule.step()
+
+        return step
+
+    step_theirs = trainer(theirs, torch.optim.AdamW(theirs.parameters(), lr=0.05, weight_decay=0.05))
+    step_ours = trainer(ours, AdamWWithoutVectorMath(ours.parameters(), lr=0.05, weight_decay=0.05))
+    for _ in range(29):
+        step_theirs()
+        step_ours()
+    assert "sqrt" in _aten_ops(step_theirs)
+    ops = _aten_ops(step_ours)
+    assert "sqrt" not in ops and {"rsqrt", "reciprocal", "addcdiv"} <= ops, ops
+    for name, value in ours.state_dict().items():
+        assert not torch.equal(value, start[name]), name
+        torch.testing.assert_close(value, theirs.state_dict()[name], rtol=1e-5, atol=1e-6)
+
+
+def test_the_recipe_initialises_without_erfinv_from_timm_s_distribution() -> None:
+    """Every weight timm draws through `trunc_normal_` (hence `erfinv_`, VML) is drawn again with
+    `normal_`: normal(0, 0.02), biases zero."""
+    from continual_mem.pretrain import init_without_vector_math
+
+    torch.manual_seed(0)
+    vit = create_backbone("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=4, num_classes=64)
+    before = {name: value.clone() for name, value in vit.state_dict().items()}
+    ops = _aten_ops(lambda: init_without_vector_math(vit))
+    assert "erfinv" not in ops and "normal" in ops, ops
+    redrawn = [n for n, m in vit.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert len(redrawn) == 4 * 4 + 1
+    for name in [f"{n}.weight" for n in redrawn] + ["pos_embed"]:
+        value = vit.state_dict()[name]
+        assert not torch.equal(value, before[name]) and abs(float(value.std()) - 0.02) < 0.002, name
+    assert all(float(vit.state_dict()[f"{n}.bias"].abs().max()) == 0.0 for n in redrawn)
+    assert torch.equal(vit.cls_token, before["cls_token"])  # timm's normal(0, 1e-6): no erfinv
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # 926 s on one idle thread of a 2-core EPYC; more on a busy machine
 def test_the_recipe_reproduces_the_shipped_demo_backbone_bit_for_bit(tmp_path) -> None:
     """`cmem backbone pretrain` with the demo recipe gives the shipped file's bytes: the pretraining's
-    kernels are pinned (`PINNED_KERNELS`). Passed on the AMD EPYC that made the file; fails on an
-    Intel Xeon (tensors 133e6b8b766b), as the README says."""
+    kernels are pinned (`PINNED_KERNELS`) and it keeps out of MKL's vector math."""
     import hashlib
 
     from click.testing import CliRunner

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -57,6 +62,40 @@ def test_generated_data_is_deterministic_and_float32() -> None:
     shapes = load_source("builtin:shapes?n=2")
     glyphs = load_source("builtin:glyphs?n=2")
     assert shapes.images.dtype == glyphs.images.dtype == torch.float32 and len(glyphs.class_names) == 64
+
+
+GLYPH_BYTES = """
+import hashlib
+from continual_mem.data import load_source
+print(hashlib.sha256(load_source("builtin:glyphs?n=3").images.numpy().tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="OpenBLAS's x86 kernels are named here")
+def test_glyphs_have_the_same_bytes_whichever_blas_kernel_numpy_runs() -> None:
+    """The pretraining glyphs must not follow the CPU: numpy's OpenBLAS rounds `@` with FMA on one CPU
+    (Haswell, SkylakeX, Zen kernels) and without it on another (Prescott), which used to change them."""
+    digests = {
+        core: subprocess.run(
+            [sys.executable, "-c", GLYPH_BYTES],
+            env={**os.environ, "OPENBLAS_CORETYPE": core},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for core in ("Prescott", "Haswell")
+    }
+    assert len(set(digests.values())) == 1 and len(digests["Haswell"]) == 64, digests
+
+
+def test_glyph_strokes_turn_as_a_matrix_product_would() -> None:
+    from continual_mem.data import _turned
+
+    rng = np.random.default_rng(0)
+    points, rot = rng.normal(size=(5, 2)).astype(np.float32), rng.normal(size=(2, 2)).astype(np.float32)
+    turned = _turned(points, rot)
+    assert turned.dtype == np.float32 and turned.shape == (5, 2)
+    np.testing.assert_allclose(turned, points.astype(np.float64) @ rot.T.astype(np.float64), rtol=1e-6, atol=1e-6)
 
 
 def test_shifted_digits_are_seeded_balanced_and_disjoint() -> None:

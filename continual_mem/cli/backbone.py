@@ -127,8 +127,8 @@ def backbone_pretrain(
     pretrain = info.config["pretrain"]
     if pretrain["pinned_kernels"]:
         click.echo(
-            f"Kernels pinned ({pretrain['kernels']}): the bytes follow neither this environment nor the CPU's"
-            " instruction sets; across CPU vendors they may still differ"
+            f"Kernels pinned ({pretrain['kernels']}): the bytes follow neither this environment nor the CPU"
+            " (its instruction sets or its vendor)"
         )
     else:
         click.echo(f"Kernels not pinned ({pretrain['kernels']}): the bytes are reproducible on this CPU kind only")
