@@ -9,10 +9,10 @@ Float32 kernels round differently from one CPU to another: torch picks its vecto
 instruction set (an AVX-512 sum adds 16 lanes, an AVX2 one 8), MKL picks GEMM code by instruction
 set, vendor and cache size, and oneDNN compiles its convolutions for the CPU at hand. So pretraining
 runs in a child process whose kernels are pinned (`PINNED_KERNELS`, oneDNN off, one thread), and
-the recipe keeps out of MKL's vector math (VML), whose float32 `sqrt` and `erfinv` round one way
-on an Intel CPU and another on an AMD one under every `MKL_CBWR` branch: it initialises without
-`erfinv` (`init_without_vector_math`) and takes AdamW's square root as `rsqrt().reciprocal()`
-(`AdamWWithoutVectorMath`). The bytes then follow neither the caller's settings nor the CPU: the
+the recipe keeps out of MKL's vector math (VML), whose float32 `sqrt` rounds one way on an Intel
+CPU and another on an AMD one under every `MKL_CBWR` branch measured (and `erfinv` under some):
+it initialises without `erfinv` (`init_without_vector_math`) and takes AdamW's square root as
+`rsqrt().reciprocal()` (`AdamWWithoutVectorMath`). The bytes then follow neither the caller's settings nor the CPU: the
 shipped weights (`SHIPPED_DEMO_WEIGHTS`, sha256 `SHIPPED_DEMO_SHA256`) come again from the recipe,
 which tests/test_backbone.py's slow test checks; its CI test checks a small pinned pretraining
 against the bytes an Intel Xeon and an AMD EPYC both gave.
