@@ -151,7 +151,7 @@ def test_pretraining_gives_the_same_bytes_whatever_kernels_the_caller_would_pick
 
 
 def _aten_ops(run) -> set[str]:
-    """The aten ops `run()` dispatches (their packet names, e.g. 'sqrt', 'rsqrt')."""
+    """The aten ops `run()` dispatches, named without `aten::` and the in-place `_` (e.g. 'sqrt', 'rsqrt')."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Record(TorchDispatchMode):
