@@ -93,6 +93,7 @@ def small_pretraining() -> str:
 
 
 def glyph_bytes() -> str:
+    """The recipe's glyphs, raw float32 bytes (`LabeledImages.fingerprint` rounds them to 8 bits)."""
     from continual_mem.data import load_source
     from continual_mem.pretrain import DEMO_DATA
 

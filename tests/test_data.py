@@ -64,6 +64,7 @@ def test_generated_data_is_deterministic_and_float32() -> None:
     assert shapes.images.dtype == glyphs.images.dtype == torch.float32 and len(glyphs.class_names) == 64
 
 
+#: The glyphs' raw float32 bytes (`LabeledImages.fingerprint` rounds to 8 bits, hiding a last-bit change).
 GLYPH_BYTES = """
 import hashlib
 from continual_mem.data import load_source

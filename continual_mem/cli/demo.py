@@ -40,11 +40,11 @@ class DemoTask:
 
 DEMO_BACKBONE = "demo-vit"
 #: The task that needs its memory: two real digits, half of them drawn dark on a light ground, which
-#: the backbone's pretraining (light strokes on black) never showed. 3 and 8 share most of their
-#: strokes. Measured with the shipped backbone on each pair's 500 held-out images (seed 0, 2026-11-27),
-#: head only against memory in full attention at lr 1e-2: 3,8 0.922 / 0.990; 1,7 0.924 / 0.986;
-#: 2,7 0.968 / 0.992; 1,4 0.958 / 0.978; 5,6 0.974 / 0.950. With the stripes or noise too the shift is too hard for 10
-#: epochs here (1,4 at noise 0.15: memory 0.684, head only 0.780).
+#: the backbone's pretraining (light strokes on black) never showed; 3 and 8 share most of their
+#: strokes. Measured with the shipped backbone on each pair's 500 held-out images (seed 0,
+#: 2026-11-27), head only against memory in full attention at lr 1e-2: 3,8 0.922 / 0.990;
+#: 1,7 0.924 / 0.986; 2,7 0.968 / 0.992; 1,4 0.958 / 0.978; 5,6 0.974 / 0.950. With stripes or
+#: noise too the shift is too hard for 10 epochs here (1,4 at noise 0.15: memory 0.684, head only 0.780).
 SHIFTED_PAIR = "3,8"
 SHIFTED_SOURCE = f"builtin:shifted-digits?classes={SHIFTED_PAIR}&stripes=0&noise=0"
 DEMO_TASKS = (
