@@ -204,13 +204,16 @@ class AdamWWithoutVectorMath(torch.optim.AdamW):
     torch's AdamW takes `exp_avg_sq.sqrt()`, VML's float32 square root, which is not correctly
     rounded and rounds differently on Intel and AMD CPUs. `rsqrt().reciprocal()` runs on torch's own
     kernels. Only the options the recipe uses (`lr`, `betas`, `eps`, `weight_decay`) are honoured;
-    `OneCycleLR` may change `lr` and `betas` between steps, as with torch's AdamW.
+    `OneCycleLR` may change `lr` and `betas` between steps, and `step(closure)` returns the closure's
+    loss, as with torch's AdamW.
     """
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
         if closure is not None:
-            raise ConfigError("AdamWWithoutVectorMath takes no closure")
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in (p for p in group["params"] if p.grad is not None):
@@ -224,6 +227,7 @@ class AdamWWithoutVectorMath(torch.optim.AdamW):
                 root = state["exp_avg_sq"].rsqrt().reciprocal() / (1 - beta2 ** state["step"]) ** 0.5
                 step_size = group["lr"] / (1 - beta1 ** state["step"])
                 param.addcdiv_(state["exp_avg"], root.add_(group["eps"]), value=-step_size)
+        return loss
 
 
 def save_backbone(model: VisionTransformer, path: Path, metadata: dict[str, str]) -> Path:

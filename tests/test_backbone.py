@@ -204,6 +204,35 @@ def test_adamw_without_vector_math_follows_torch_adamw_without_taking_sqrt() -> 
         torch.testing.assert_close(value, theirs.state_dict()[name], rtol=1e-5, atol=1e-6)
 
 
+def test_adamw_without_vector_math_takes_a_closure_as_torch_adamw_does() -> None:
+    """`step(closure)` re-evaluates the loss with gradients on, steps, and returns that loss."""
+    import copy
+
+    from continual_mem.pretrain import AdamWWithoutVectorMath
+
+    torch.manual_seed(0)
+    theirs = torch.nn.Linear(4, 2)
+    ours, start = copy.deepcopy(theirs), theirs.weight.detach().clone()
+    inputs, labels = torch.randn(8, 4), torch.randint(0, 2, (8,))
+
+    def closure_for(model, optimizer):
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+            loss.backward()
+            return loss
+
+        return closure
+
+    their_optimizer = torch.optim.AdamW(theirs.parameters(), lr=0.1)
+    our_optimizer = AdamWWithoutVectorMath(ours.parameters(), lr=0.1)
+    their_loss = their_optimizer.step(closure_for(theirs, their_optimizer))
+    our_loss = our_optimizer.step(closure_for(ours, our_optimizer))
+    assert our_loss.item() == their_loss.item() > 0.0
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(ours.weight, start)
+
+
 def test_the_recipe_initialises_without_erfinv_from_timm_s_distribution() -> None:
     """Every weight timm draws through `trunc_normal_` (hence `erfinv_`, VML) is drawn again with
     `normal_`: normal(0, 0.02), biases zero."""
